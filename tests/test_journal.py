@@ -1,0 +1,146 @@
+"""The journal: durable states, migration of older databases, crash consistency."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from corpusbatch.journal import STATES, Journal
+
+
+def _add(journal: Journal, name: str, tmp_path: Path, **kw: object) -> None:
+    journal.add_file(
+        name=name,
+        plan="p1",
+        path=tmp_path / name,
+        manifest_path=tmp_path / f"{name}.manifest.jsonl",
+        sha256="ab" * 32,
+        model="m",
+        n_lines=2,
+        n_inputs=3,
+        n_tokens=40,
+        n_bytes=100,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_add_update_get_roundtrip(tmp_path: Path) -> None:
+    with Journal(tmp_path / "state.db") as j:
+        _add(j, "a.jsonl", tmp_path)
+        _add(j, "a.jsonl", tmp_path)  # second add is a no-op
+        j.update("a.jsonl", "uploading")
+        j.update("a.jsonl", "uploaded", input_file_id="file-1", create_seq=2, not_before=5.0)
+        rec = j.get("a.jsonl")
+        assert rec is not None
+        assert (rec.state, rec.input_file_id, rec.create_seq, rec.not_before) == (
+            "uploaded",
+            "file-1",
+            2,
+            5.0,
+        )
+        assert [e[2] for e in j.events("a.jsonl")] == ["uploading", "uploaded"]
+        assert j.get("missing") is None
+
+
+def test_update_rejects_unknown_state_field_and_name(tmp_path: Path) -> None:
+    with Journal(tmp_path / "state.db") as j:
+        _add(j, "a.jsonl", tmp_path)
+        with pytest.raises(ValueError):
+            j.update("a.jsonl", "bogus")
+        with pytest.raises(ValueError):
+            j.update("a.jsonl", nonsense=1)
+        with pytest.raises(KeyError):
+            j.update("nope.jsonl", "uploaded")
+
+
+def test_files_filters_and_pending(tmp_path: Path) -> None:
+    with Journal(tmp_path / "state.db") as j:
+        for i, state in enumerate(STATES):
+            _add(j, f"f{i}.jsonl", tmp_path)
+            j.update(f"f{i}.jsonl", state)
+        pending = {f.state for f in j.pending()}
+        assert pending == set(STATES) - {"loaded", "failed"}
+        assert [f.state for f in j.files(states=("created",))] == ["created"]
+        assert j.files(plan="other") == []
+
+
+def test_meta_roundtrip(tmp_path: Path) -> None:
+    with Journal(tmp_path / "state.db") as j:
+        assert j.get_meta("k") is None
+        j.set_meta("k", "1")
+        j.set_meta("k", "2")
+        assert j.get_meta("k") == "2"
+
+
+def test_old_journal_is_migrated(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    con = sqlite3.connect(db)
+    con.execute(
+        "CREATE TABLE files (name TEXT PRIMARY KEY, plan TEXT NOT NULL, path TEXT NOT NULL,"
+        " manifest_path TEXT NOT NULL, sha256 TEXT NOT NULL, model TEXT NOT NULL,"
+        " n_lines INTEGER NOT NULL, n_inputs INTEGER NOT NULL, n_tokens INTEGER NOT NULL,"
+        " n_bytes INTEGER NOT NULL, state TEXT NOT NULL, attempt INTEGER NOT NULL DEFAULT 0,"
+        " parent TEXT, input_file_id TEXT, batch_id TEXT, batch_status TEXT,"
+        " output_file_id TEXT, error_file_id TEXT, output_path TEXT, error_path TEXT,"
+        " error TEXT, created_at REAL NOT NULL, updated_at REAL NOT NULL)"
+    )
+    con.execute(
+        "INSERT INTO files (name, plan, path, manifest_path, sha256, model, n_lines, n_inputs,"
+        " n_tokens, n_bytes, state, created_at, updated_at)"
+        " VALUES ('old.jsonl','p','x','y','s','m',1,1,1,1,'created',0,0)"
+    )
+    con.commit()
+    con.close()
+    with Journal(db) as j:
+        rec = j.get("old.jsonl")
+        assert rec is not None
+        assert (rec.state, rec.create_seq, rec.remote_deleted) == ("created", 0, 0)
+        j.update("old.jsonl", request_counts='{"total": 1}')
+        assert j.get("old.jsonl").request_counts == '{"total": 1}'  # type: ignore[union-attr]
+
+
+_WRITER = """
+import sys, time
+from pathlib import Path
+from corpusbatch.journal import Journal
+j = Journal(Path(sys.argv[1]))
+i = 0
+while True:
+    name = f"f{i:06d}.jsonl"
+    j.add_file(name=name, plan="p", path=Path(name), manifest_path=Path(name), sha256="s",
+               model="m", n_lines=1, n_inputs=1, n_tokens=1, n_bytes=1)
+    j.update(name, "uploading")
+    j.update(name, "uploaded", input_file_id="file-" + name)
+    print(i, flush=True)
+    i += 1
+"""
+
+
+def test_sigkill_leaves_consistent_journal(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(db)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert proc.stdout is not None
+    for _ in range(30):  # let it commit a few files, then kill it mid-stream
+        proc.stdout.readline()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with Journal(db) as j:
+        files = j.files()
+        assert len(files) >= 30
+        for f in files:
+            # every row is in one of the committed states and its fields match its state
+            assert f.state in ("planned", "uploading", "uploaded")
+            assert (f.input_file_id is not None) == (f.state == "uploaded")
+        states = [e[2] for e in j.events()]
+        assert states.count("uploaded") == sum(f.state == "uploaded" for f in files)
