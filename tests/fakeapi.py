@@ -1,0 +1,821 @@
+"""A loopback fake of the OpenAI Batch API, for tests driven by the real ``openai`` SDK.
+
+It serves real HTTP on 127.0.0.1 (ephemeral port) from a thread and implements:
+
+* ``/v1/files``: multipart upload, list (``purpose``, ``order``, ``after``, ``limit``),
+  retrieve, ``/content`` download, delete;
+* ``/v1/batches``: create, retrieve, list (newest first, ``after``/``limit``/``has_more``),
+  cancel;
+* ``/v1/embeddings``: the real-time endpoint.
+
+Formats follow OpenAI's: a batch starts ``validating`` and advances one status per
+``retrieve`` (``validating -> in_progress -> finalizing -> completed``); validation
+failures give a ``failed`` batch with ``errors.data``; output lines come in shuffled
+order; failed lines go to the error file in both of OpenAI's shapes.
+
+Vectors are deterministic functions of the text (:func:`fake_vector`), so a test can
+check that a table holds exactly what the server computed. Every input the server
+embeds is counted (:attr:`FakeBatchAPI.processed`), so tests can assert nothing was
+processed twice.
+
+Fault knobs are plain attributes; most are one-shot queues that a test fills before
+the call it wants to disturb. See the attribute comments in ``__init__``.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.parser
+import email.policy
+import hashlib
+import json
+import os
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+
+ENDPOINT = "/v1/embeddings"
+TERMINAL = ("completed", "failed", "expired", "cancelled")
+IN_QUEUE = ("validating", "in_progress", "finalizing", "cancelling")
+
+
+def fake_vector(text: str, dims: int) -> np.ndarray:
+    """The unit vector the fake server returns for ``text`` at ``dims`` dimensions."""
+    seed = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little")
+    vec = np.random.default_rng(seed).standard_normal(dims)
+    vec /= np.linalg.norm(vec)
+    return vec.astype("<f4")
+
+
+def word_tokens(text: str) -> int:
+    """The fake's default token counter: whitespace-separated words (at least 1)."""
+    return max(1, len(text.split()))
+
+
+class _Abort(Exception):
+    """Close the connection without answering (a crash or a dropped connection)."""
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+
+
+@dataclass
+class _File:
+    id: str
+    filename: str
+    purpose: str
+    data: bytes
+    created_at: int
+    expires_at: int | None = None
+
+    def obj(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "file",
+            "bytes": len(self.data),
+            "created_at": self.created_at,
+            "filename": self.filename,
+            "purpose": self.purpose,
+            "status": "processed",
+            "expires_at": self.expires_at,
+        }
+
+
+@dataclass
+class _Batch:
+    id: str
+    seq: int
+    input_file_id: str
+    metadata: dict[str, str] | None
+    created_at: int
+    status: str = "validating"
+    lines: list[dict[str, Any]] = field(default_factory=list)
+    model: str | None = None
+    n_tokens: int = 0
+    times: dict[str, int] = field(default_factory=dict)
+    errors: list[dict[str, Any]] | None = None
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"total": 0, "completed": 0, "failed": 0}
+    )
+    usage_tokens: int = 0
+    expire_keep: int | None = None
+
+    def obj(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "object": "batch",
+            "endpoint": ENDPOINT,
+            "model": self.model,
+            "errors": {"object": "list", "data": self.errors} if self.errors else None,
+            "input_file_id": self.input_file_id,
+            "completion_window": "24h",
+            "status": self.status,
+            "output_file_id": self.output_file_id,
+            "error_file_id": self.error_file_id,
+            "created_at": self.created_at,
+            "expires_at": self.created_at + 86400,
+            "request_counts": dict(self.counts),
+            "metadata": self.metadata,
+            "usage": {
+                "input_tokens": self.usage_tokens,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": 0,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": self.usage_tokens,
+            },
+        }
+        for name in (
+            "in_progress_at",
+            "finalizing_at",
+            "completed_at",
+            "failed_at",
+            "expired_at",
+            "cancelling_at",
+            "cancelled_at",
+        ):
+            out[name] = self.times.get(name)
+        return out
+
+
+class FakeBatchAPI:
+    """The fake server. Use as a context manager; ``base_url`` ends in ``/v1``."""
+
+    def __init__(
+        self,
+        *,
+        default_dims: int = 1536,
+        model_dims: dict[str, int] | None = None,
+        count_tokens: Callable[[str], int] = word_tokens,
+        max_lines: int = 50_000,
+        max_inputs: int = 50_000,
+        max_bytes: int = 200 * 1024 * 1024,
+        max_tokens_per_input: int = 8_192,
+        seed: int = 0,
+    ) -> None:
+        self.default_dims = default_dims
+        self.model_dims = dict(model_dims or {})
+        self.count_tokens = count_tokens
+        self.max_lines = max_lines
+        self.max_inputs = max_inputs
+        self.max_bytes = max_bytes
+        self.max_tokens_per_input = max_tokens_per_input
+        self._rng = random.Random(seed)
+        self._lock = threading.RLock()
+        self._ids = 0
+        self.files: dict[str, _File] = {}
+        self.batches: dict[str, _Batch] = {}
+        # --- observations -----------------------------------------------------------
+        self.processed: Counter[str] = Counter()  # text -> times embedded in batches
+        self.realtime_processed: Counter[str] = Counter()  # text -> times via /embeddings
+        self.requests: Counter[str] = Counter()  # "POST /v1/batches" -> count
+        self.max_enqueued_tokens = 0  # highest sum of tokens of queued batches, at create
+        self.max_enqueued_requests = 0  # same for request lines
+        self.deleted_files: list[str] = []
+        # --- fault knobs ------------------------------------------------------------
+        self.auto_advance = True  # each retrieve moves a batch one status on
+        self.token_cap: int | None = None  # queued tokens above this fail at validation
+        self.create_faults: list[str] = []  # "429" | "500" | "500-after" | "drop-after"
+        self.upload_faults: list[str] = []  # "500" | "500-after" | "drop-after"
+        self.retrieve_faults: list[int] = []  # HTTP statuses answered instead of a batch
+        self.download_drops = 0  # next N /content answers are cut mid-body
+        self.line_faults: dict[str, str] = {}  # custom_id -> "400" | "500" | "timeout"
+        self.fail_all_lines = False  # every line gets a 400
+        self.expire_next: list[int] = []  # next batches expire keeping N lines done
+        self.cancel_keep = 0  # lines a cancelled batch finishes before it stops
+        self.accept_output_expires_after = True
+        self._kills: dict[str, list[int]] = {}  # point -> [pid, hits left]
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    # ----------------------------------------------------------------- lifecycle ---
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}/v1"
+
+    def start(self) -> FakeBatchAPI:
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> FakeBatchAPI:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def kill_at(self, point: str, pid: int, nth: int = 1) -> None:
+        """SIGKILL ``pid`` at the ``nth`` hit of ``point``, before answering.
+
+        Points: ``upload`` (file stored), ``create`` (batch created), ``retrieve``,
+        ``download`` (half the body sent), ``downloaded`` (whole body sent), ``delete``.
+        """
+        with self._lock:
+            self._kills[point] = [pid, nth]
+
+    def _maybe_kill(self, point: str) -> None:
+        with self._lock:
+            entry = self._kills.get(point)
+            if entry is None:
+                return
+            entry[1] -= 1
+            if entry[1] > 0:
+                return
+            del self._kills[point]
+        os.kill(entry[0], signal.SIGKILL)
+        time.sleep(0.05)  # let the process die before the connection is dropped
+        raise _Abort
+
+    # --------------------------------------------------------------- inspection ---
+    def enqueued(self) -> tuple[int, int]:
+        """(tokens, request lines) of batches currently in the provider's queue."""
+        with self._lock:
+            queued = [b for b in self.batches.values() if b.status in IN_QUEUE]
+            return sum(b.n_tokens for b in queued), sum(len(b.lines) for b in queued)
+
+    def dims_for(self, model: str, requested: int | None = None) -> int:
+        return requested or self.model_dims.get(model, self.default_dims)
+
+    def advance_all(self) -> None:
+        """Move every unfinished batch to a terminal status."""
+        with self._lock:
+            for batch in self.batches.values():
+                while batch.status not in TERMINAL:
+                    self._advance(batch)
+
+    def _new_id(self, prefix: str) -> str:
+        with self._lock:
+            self._ids += 1
+            return f"{prefix}-{self._ids:06d}{self._rng.getrandbits(32):08x}"
+
+    # ------------------------------------------------------------------ routing ---
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                api._dispatch(self, "GET")
+
+            def do_POST(self) -> None:
+                api._dispatch(self, "POST")
+
+            def do_DELETE(self) -> None:
+                api._dispatch(self, "DELETE")
+
+        return Handler
+
+    def _dispatch(self, req: BaseHTTPRequestHandler, method: str) -> None:
+        url = urlsplit(req.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        parts = [p for p in url.path.split("/") if p]
+        body = _read_body(req)
+        words = {"v1", "files", "batches", "content", "cancel", "embeddings"}
+        key = f"{method} /" + "/".join(p if p in words else "{id}" for p in parts)
+        with self._lock:
+            self.requests[key] += 1
+        try:
+            if not req.headers.get("Authorization", "").startswith("Bearer "):
+                raise _HTTPError(401, "missing API key", "invalid_api_key")
+            if parts[:1] != ["v1"]:
+                raise _HTTPError(404, f"no route {url.path}")
+            self._route(req, method, parts[1:], query, body)
+        except _Abort:
+            req.close_connection = True
+            _hard_close(req)
+        except _HTTPError as exc:
+            _send_json(
+                req,
+                exc.status,
+                {
+                    "error": {
+                        "message": exc.message,
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": exc.code,
+                    }
+                },
+            )
+
+    def _route(
+        self,
+        req: BaseHTTPRequestHandler,
+        method: str,
+        parts: list[str],
+        query: dict[str, str],
+        body: bytes,
+    ) -> None:
+        match method, parts:
+            case "POST", ["files"]:
+                self._upload(req, body)
+            case "GET", ["files"]:
+                _send_json(req, 200, self._list_files(query))
+            case "GET", ["files", fid]:
+                _send_json(req, 200, self._file(fid).obj())
+            case "GET", ["files", fid, "content"]:
+                self._content(req, fid)
+            case "DELETE", ["files", fid]:
+                self._delete_file(req, fid)
+            case "POST", ["batches"]:
+                self._create_batch(req, _json(body))
+            case "GET", ["batches"]:
+                _send_json(req, 200, self._list_batches(query))
+            case "GET", ["batches", bid]:
+                self._retrieve(req, bid)
+            case "POST", ["batches", bid, "cancel"]:
+                _send_json(req, 200, self._cancel(bid))
+            case "POST", ["embeddings"]:
+                _send_json(req, 200, self._realtime(_json(body)))
+            case _:
+                raise _HTTPError(404, f"no route {method} /v1/{'/'.join(parts)}")
+
+    # -------------------------------------------------------------------- files ---
+    def _file(self, fid: str) -> _File:
+        with self._lock:
+            f = self.files.get(fid)
+        if f is None:
+            raise _HTTPError(404, f"No such File object: {fid}", "file_not_found")
+        return f
+
+    def _upload(self, req: BaseHTTPRequestHandler, body: bytes) -> None:
+        fields, filename, data = _parse_multipart(req.headers.get("Content-Type", ""), body)
+        if data is None or "purpose" not in fields:
+            raise _HTTPError(400, "file and purpose are required")
+        with self._lock:
+            fault = self.upload_faults.pop(0) if self.upload_faults else None
+        if fault == "500":
+            raise _HTTPError(500, "upload failed", "server_error")
+        now = int(time.time())
+        seconds = fields.get("expires_after[seconds]")
+        f = _File(
+            self._new_id("file"),
+            filename or "upload.jsonl",
+            fields["purpose"],
+            data,
+            now,
+            now + int(seconds) if seconds else now + 30 * 86400,
+        )
+        with self._lock:
+            self.files[f.id] = f
+        self._maybe_kill("upload")
+        if fault == "500-after":
+            raise _HTTPError(500, "upload failed after storing", "server_error")
+        if fault == "drop-after":
+            raise _Abort
+        _send_json(req, 200, f.obj())
+
+    def _list_files(self, query: dict[str, str]) -> dict[str, Any]:
+        with self._lock:
+            files = [f for f in self.files.values() if f.purpose == query.get("purpose", f.purpose)]
+        files.sort(key=lambda f: (f.created_at, f.id), reverse=query.get("order") != "asc")
+        return _page([f.obj() for f in files], query, default_limit=10_000)
+
+    def _content(self, req: BaseHTTPRequestHandler, fid: str) -> None:
+        data = self._file(fid).data
+        with self._lock:
+            drop = self.download_drops > 0
+            self.download_drops -= int(drop)
+        req.send_response(200)
+        req.send_header("Content-Type", "application/octet-stream")
+        req.send_header("Content-Length", str(len(data)))
+        req.end_headers()
+        half = len(data) // 2
+        req.wfile.write(data[:half])
+        req.wfile.flush()
+        self._maybe_kill("download")
+        if drop:
+            raise _Abort
+        req.wfile.write(data[half:])
+        req.wfile.flush()
+        self._maybe_kill("downloaded")
+
+    def _delete_file(self, req: BaseHTTPRequestHandler, fid: str) -> None:
+        self._file(fid)
+        self._maybe_kill("delete")
+        with self._lock:
+            del self.files[fid]
+            self.deleted_files.append(fid)
+        _send_json(req, 200, {"id": fid, "object": "file", "deleted": True})
+
+    # ------------------------------------------------------------------ batches ---
+    def _create_batch(self, req: BaseHTTPRequestHandler, params: dict[str, Any]) -> None:
+        with self._lock:
+            fault = self.create_faults.pop(0) if self.create_faults else None
+        if fault == "429":
+            raise _HTTPError(429, "Rate limit reached for batch creation", "rate_limit_exceeded")
+        if fault == "500":
+            raise _HTTPError(500, "The server had an error", "server_error")
+        batch = self._new_batch(params)
+        self._maybe_kill("create")
+        if fault == "500-after":
+            raise _HTTPError(500, "The server had an error", "server_error")
+        if fault == "drop-after":
+            raise _Abort
+        _send_json(req, 200, batch.obj())
+
+    def _new_batch(self, params: dict[str, Any]) -> _Batch:
+        if params.get("endpoint") != ENDPOINT:
+            raise _HTTPError(400, f"endpoint {params.get('endpoint')!r} is not supported here")
+        if params.get("completion_window") != "24h":
+            raise _HTTPError(400, "completion_window must be '24h'")
+        _check_metadata(params.get("metadata"))
+        oea = params.get("output_expires_after")
+        if oea is not None:
+            if not self.accept_output_expires_after:
+                raise _HTTPError(400, "Unrecognized request argument: output_expires_after")
+            if oea.get("anchor") != "created_at" or not 3600 <= oea.get("seconds", 0) <= 2592000:
+                raise _HTTPError(400, "output_expires_after must be 1 hour .. 30 days")
+        fid = params.get("input_file_id", "")
+        with self._lock:
+            f = self.files.get(fid)
+            if f is None or f.purpose != "batch":
+                raise _HTTPError(400, f"Invalid input_file_id {fid!r}", "invalid_file")
+            batch = _Batch(
+                self._new_id("batch"),
+                len(self.batches),
+                fid,
+                params.get("metadata"),
+                int(time.time()),
+            )
+            self.batches[batch.id] = batch
+            self._parse_input(batch, f.data)
+            tokens, lines = self.enqueued()
+            self.max_enqueued_tokens = max(self.max_enqueued_tokens, tokens)
+            self.max_enqueued_requests = max(self.max_enqueued_requests, lines)
+        return batch
+
+    def _parse_input(self, batch: _Batch, data: bytes) -> None:
+        """Read lines and tokens up front (queue accounting); errors wait for validation."""
+        for raw in data.splitlines():
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                line = None
+            if isinstance(line, dict):
+                batch.lines.append(line)
+                body = line.get("body") or {}
+                batch.n_tokens += sum(self.count_tokens(t) for t in _inputs(body))
+            else:
+                batch.lines.append({"__invalid__": raw.decode("utf-8", "replace")})
+
+    def _list_batches(self, query: dict[str, str]) -> dict[str, Any]:
+        with self._lock:
+            batches = sorted(self.batches.values(), key=lambda b: b.seq, reverse=True)
+            return _page([b.obj() for b in batches], query, default_limit=20, max_limit=100)
+
+    def _retrieve(self, req: BaseHTTPRequestHandler, bid: str) -> None:
+        with self._lock:
+            fault = self.retrieve_faults.pop(0) if self.retrieve_faults else None
+        if fault:
+            raise _HTTPError(fault, "temporarily unavailable", "server_error")
+        with self._lock:
+            batch = self.batches.get(bid)
+            if batch is None:
+                raise _HTTPError(404, f"No batch found with id '{bid}'", "not_found")
+            if self.auto_advance:
+                self._advance(batch)
+            obj = batch.obj()
+        self._maybe_kill("retrieve")
+        _send_json(req, 200, obj)
+
+    def _cancel(self, bid: str) -> dict[str, Any]:
+        with self._lock:
+            batch = self.batches.get(bid)
+            if batch is None:
+                raise _HTTPError(404, f"No batch found with id '{bid}'", "not_found")
+            if batch.status in TERMINAL:
+                raise _HTTPError(400, f"Cannot cancel a batch with status '{batch.status}'.")
+            batch.status = "cancelling"
+            batch.times["cancelling_at"] = int(time.time())
+            return batch.obj()
+
+    # ---------------------------------------------------------- batch progress ---
+    def _advance(self, batch: _Batch) -> None:
+        now = int(time.time())
+        if batch.status == "validating":
+            errors = self._validate(batch)
+            if errors:
+                batch.status, batch.errors = "failed", errors
+                batch.times["failed_at"] = now
+                return
+            batch.status = "in_progress"
+            batch.times["in_progress_at"] = now
+            batch.counts["total"] = len(batch.lines)
+            if self.expire_next:
+                batch.expire_keep = self.expire_next.pop(0)
+        elif batch.status == "in_progress":
+            if batch.expire_keep is not None:
+                self._finish(batch, "expired", batch.expire_keep, "batch_expired")
+            else:
+                batch.status = "finalizing"
+                batch.times["finalizing_at"] = now
+        elif batch.status == "finalizing":
+            self._finish(batch, "completed", len(batch.lines), "")
+        elif batch.status == "cancelling":
+            self._finish(batch, "cancelled", self.cancel_keep, "batch_cancelled")
+
+    def _validate(self, batch: _Batch) -> list[dict[str, Any]]:
+        data = self.files[batch.input_file_id].data
+        if not batch.lines:
+            return [_batch_error("empty_file", "The input file is empty.")]
+        if len(data) > self.max_bytes:
+            return [_batch_error("file_too_large", f"File is larger than {self.max_bytes}.")]
+        if len(batch.lines) > self.max_lines:
+            return [_batch_error("too_many_tasks", f"More than {self.max_lines} requests.")]
+        n_inputs = sum(len(_inputs(line.get("body") or {})) for line in batch.lines)
+        if n_inputs > self.max_inputs:
+            msg = f"{n_inputs} embedding inputs; the limit is {self.max_inputs}."
+            return [_batch_error("too_many_inputs", msg)]
+        errors = self._validate_lines(batch)
+        if errors:
+            return errors
+        tokens, _ = self.enqueued()
+        others = tokens - batch.n_tokens
+        if self.token_cap is not None and others + batch.n_tokens > self.token_cap:
+            msg = (
+                f"Enqueued token limit reached for {batch.model} in organization org-fake. "
+                f"Limit: {self.token_cap:,} enqueued tokens. Please try again once some "
+                "in_progress batches have been completed."
+            )
+            return [_batch_error("token_limit_exceeded", msg, line=None)]
+        return []
+
+    def _validate_lines(self, batch: _Batch) -> list[dict[str, Any]]:
+        seen: set[str] = set()
+        for n, line in enumerate(batch.lines, 1):
+            if "__invalid__" in line:
+                return [_batch_error("invalid_json_line", "This line is not valid JSON.", n)]
+            if line.get("method") != "POST":
+                return [_batch_error("invalid_method", "method must be POST.", n)]
+            if line.get("url") != ENDPOINT:
+                return [_batch_error("url_mismatch", "url does not match the endpoint.", n)]
+            model = (line.get("body") or {}).get("model")
+            batch.model = batch.model or model
+            if model != batch.model:
+                return [_batch_error("model_mismatch", "All lines must use one model.", n)]
+            cid = line.get("custom_id")
+            if not isinstance(cid, str) or cid in seen:
+                msg = "The custom_id for this request is a duplicate of another request."
+                return [_batch_error("duplicate_custom_id", msg, n)]
+            seen.add(cid)
+        return []
+
+    def _finish(self, batch: _Batch, status: str, n_done: int, stop_code: str) -> None:
+        ok: list[str] = []
+        bad: list[str] = []
+        for n, line in enumerate(batch.lines):
+            if n < n_done:
+                result = self._run_line(line)
+                (
+                    ok
+                    if result["error"] is None and result["response"]["status_code"] == 200
+                    else bad
+                ).append(json.dumps(result))
+                batch.usage_tokens += _usage(result)
+            else:
+                bad.append(json.dumps(_stopped_line(line, stop_code)))
+        self._rng.shuffle(ok)
+        self._rng.shuffle(bad)
+        batch.output_file_id = self._store_output(batch, "output", ok)
+        batch.error_file_id = self._store_output(batch, "error", bad)
+        batch.counts = {"total": len(batch.lines), "completed": len(ok), "failed": len(bad)}
+        batch.status = status
+        batch.times[f"{status}_at"] = int(time.time())
+
+    def _store_output(self, batch: _Batch, kind: str, lines: list[str]) -> str | None:
+        if not lines:
+            return None
+        data = ("\n".join(lines) + "\n").encode()
+        f = _File(
+            self._new_id("file"), f"{batch.id}_{kind}.jsonl", "batch_output", data, int(time.time())
+        )
+        self.files[f.id] = f
+        return f.id
+
+    def _run_line(self, line: dict[str, Any]) -> dict[str, Any]:
+        cid = line["custom_id"]
+        fault = self.line_faults.pop(cid, None)
+        if self.fail_all_lines:
+            fault = "400"
+        if fault == "timeout":
+            err = {"code": "request_timeout", "message": "The request timed out."}
+            return {"id": f"batch_req_{cid}", "custom_id": cid, "response": None, "error": err}
+        body = line["body"]
+        texts = _inputs(body)
+        too_long = [t for t in texts if self.count_tokens(t) > self.max_tokens_per_input]
+        if fault in ("400", "500") or too_long or "" in texts:
+            status = 500 if fault == "500" else 400
+            msg = "The server had an error." if status == 500 else "Invalid input."
+            if too_long:
+                n = self.count_tokens(too_long[0])
+                msg = f"This model's maximum context length is {self.max_tokens_per_input} "
+                msg += f"tokens, however you requested {n} tokens."
+            return _response_line(
+                cid,
+                status,
+                {
+                    "error": {
+                        "message": msg,
+                        "type": "invalid_request_error" if status == 400 else "server_error",
+                        "param": None,
+                        "code": None,
+                    }
+                },
+            )
+        return _response_line(cid, 200, self._embed(body, texts, self.processed))
+
+    def _embed(
+        self, body: dict[str, Any], texts: list[str], counter: Counter[str]
+    ) -> dict[str, Any]:
+        model = body.get("model", "")
+        dims = self.dims_for(model, body.get("dimensions"))
+        b64 = body.get("encoding_format") == "base64"
+        data = []
+        for i, text in enumerate(texts):
+            vec = fake_vector(text, dims)
+            counter[text] += 1
+            emb: Any = base64.b64encode(vec.tobytes()).decode() if b64 else vec.tolist()
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        tokens = sum(self.count_tokens(t) for t in texts)
+        return {
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+
+    def _realtime(self, body: dict[str, Any]) -> dict[str, Any]:
+        texts = _inputs(body)
+        if not texts or "" in texts:
+            raise _HTTPError(400, "'$.input' is invalid.")
+        with self._lock:
+            return self._embed(body, texts, self.realtime_processed)
+
+
+# ------------------------------------------------------------------- helpers ---
+def _inputs(body: dict[str, Any]) -> list[str]:
+    value = body.get("input")
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, str)]
+    return []
+
+
+def _usage(result: dict[str, Any]) -> int:
+    response = result.get("response") or {}
+    usage = (response.get("body") or {}).get("usage") or {}
+    return int(usage.get("total_tokens", 0))
+
+
+def _response_line(cid: str, status: int, body: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": f"batch_req_{hashlib.sha256(cid.encode()).hexdigest()[:16]}",
+        "custom_id": cid,
+        "response": {"status_code": status, "request_id": f"req_{cid[-8:]}", "body": body},
+        "error": None,
+    }
+
+
+def _stopped_line(line: dict[str, Any], code: str) -> dict[str, Any]:
+    message = {
+        "batch_expired": "This request could not be executed before the completion window expired.",
+        "batch_cancelled": "This request was cancelled.",
+    }[code]
+    return {
+        "id": f"batch_req_{hashlib.sha256(str(line.get('custom_id')).encode()).hexdigest()[:16]}",
+        "custom_id": line.get("custom_id"),
+        "response": None,
+        "error": {"code": code, "message": message},
+    }
+
+
+def _batch_error(code: str, message: str, line: int | None = None) -> dict[str, Any]:
+    return {"code": code, "message": message, "param": None, "line": line}
+
+
+def _check_metadata(meta: Any) -> None:
+    if meta is None:
+        return
+    if not isinstance(meta, dict) or len(meta) > 16:
+        raise _HTTPError(400, "metadata must be an object with at most 16 keys")
+    for k, v in meta.items():
+        if not isinstance(v, str) or len(k) > 64 or len(v) > 512:
+            raise _HTTPError(400, f"invalid metadata entry {k!r}")
+
+
+def _page(
+    items: list[dict[str, Any]],
+    query: dict[str, str],
+    *,
+    default_limit: int,
+    max_limit: int | None = None,
+) -> dict[str, Any]:
+    limit = int(query.get("limit", default_limit))
+    if limit < 1 or (max_limit is not None and limit > max_limit):
+        raise _HTTPError(400, f"limit must be between 1 and {max_limit or default_limit}")
+    after = query.get("after")
+    if after is not None:
+        ids = [i["id"] for i in items]
+        items = items[ids.index(after) + 1 :] if after in ids else []
+    page = items[:limit]
+    return {
+        "object": "list",
+        "data": page,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+        "has_more": len(items) > limit,
+    }
+
+
+def _read_body(req: BaseHTTPRequestHandler) -> bytes:
+    if req.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        chunks = []
+        while True:
+            size = int(req.rfile.readline().strip(), 16)
+            if size == 0:
+                req.rfile.readline()
+                return b"".join(chunks)
+            chunks.append(req.rfile.read(size))
+            req.rfile.readline()
+    length = int(req.headers.get("Content-Length") or 0)
+    return req.rfile.read(length) if length else b""
+
+
+def _json(body: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(body or b"{}")
+    except ValueError as exc:
+        raise _HTTPError(400, "request body is not valid JSON") from exc
+    if not isinstance(value, dict):
+        raise _HTTPError(400, "request body must be a JSON object")
+    return value
+
+
+def _parse_multipart(ctype: str, body: bytes) -> tuple[dict[str, str], str | None, bytes | None]:
+    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {ctype}\r\n\r\n".encode() + body
+    )
+    fields: dict[str, str] = {}
+    filename: str | None = None
+    data: bytes | None = None
+    for part in msg.iter_parts():  # type: ignore[attr-defined]
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True) or b""
+        if name == "file":
+            filename, data = part.get_filename(), payload
+        elif name:
+            fields[name] = payload.decode()
+    return fields, filename, data
+
+
+def _send_json(req: BaseHTTPRequestHandler, status: int, obj: Any) -> None:
+    data = json.dumps(obj).encode()
+    req.send_response(status)
+    req.send_header("Content-Type", "application/json")
+    req.send_header("Content-Length", str(len(data)))
+    if status == 429:
+        req.send_header("Retry-After", "0")
+    req.end_headers()
+    req.wfile.write(data)
+
+
+def _hard_close(req: BaseHTTPRequestHandler) -> None:
+    try:
+        req.wfile.flush()
+        req.connection.shutdown(2)  # type: ignore[attr-defined]
+    except OSError:
+        pass
+
+
+@contextmanager
+def running(**kwargs: Any) -> Iterator[FakeBatchAPI]:
+    """Start a :class:`FakeBatchAPI` for the duration of a ``with`` block."""
+    with FakeBatchAPI(**kwargs) as api:
+        yield api
