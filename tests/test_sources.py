@@ -1,0 +1,320 @@
+"""Tests for corpusbatch.sources: walking, ignoring, decoding and HTML rendering."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from corpusbatch.errors import SourceError
+from corpusbatch.sources import (
+    DEFAULT_INCLUDE,
+    detect_kind,
+    html_to_text,
+    iter_documents,
+    list_files,
+    read_document,
+)
+from corpusbatch.types import Document
+
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_corpus"
+
+
+def write(root: Path, rel: str, content: str | bytes) -> Path:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return path
+
+
+def collect(root: Path, **kwargs: object) -> tuple[list[Document], dict[str, str]]:
+    skips: dict[str, str] = {}
+    docs = list(iter_documents(root, on_skip=skips.__setitem__, **kwargs))  # type: ignore[arg-type]
+    return docs, skips
+
+
+def paths(docs: list[Document]) -> list[str]:
+    return [d.path for d in docs]
+
+
+# --------------------------------------------------------------------------- walking
+
+
+def test_default_pruning(tmp_path: Path) -> None:
+    write(tmp_path, "keep.md", "# kept\n")
+    write(tmp_path, "node_modules/pkg/readme.md", "dep\n")
+    write(tmp_path, "__pycache__/x.py", "x = 1\n")
+    write(tmp_path, "build/out.html", "<p>built</p>\n")
+    write(tmp_path, "dist/a.txt", "dist\n")
+    write(tmp_path, "target/t.rs", "fn main() {}\n")
+    write(tmp_path, "site/index.html", "<p>site</p>\n")
+    write(tmp_path, "_build/html.txt", "x\n")
+    write(tmp_path, "pkg.egg-info/PKG-INFO.txt", "x\n")
+    write(tmp_path, ".hidden/secret.md", "hidden\n")
+    write(tmp_path, ".dotfile.md", "hidden\n")
+    write(tmp_path, ".corpusbatch/state.txt", "index\n")
+    write(tmp_path, ".tox/py/log.txt", "x\n")
+    write(tmp_path, "myenv/pyvenv.cfg", "home = /usr\n")
+    write(tmp_path, "myenv/lib/site.py", "x = 1\n")
+    write(tmp_path, "venv/pyvenv.cfg", "home = /usr\n")
+    write(tmp_path, "venv/lib/a.py", "x = 1\n")
+    # A folder called env without pyvenv.cfg is ordinary content.
+    write(tmp_path, "env/notes.md", "# environment notes\n")
+    docs, skips = collect(tmp_path)
+    assert paths(docs) == ["env/notes.md", "keep.md"]
+    assert skips == {}
+
+
+def test_nested_gitignore_with_negation(tmp_path: Path) -> None:
+    write(tmp_path, ".gitignore", "*.txt\n!important.txt\ndrafts/\n")
+    write(tmp_path, "a.txt", "ignored\n")
+    write(tmp_path, "important.txt", "kept\n")
+    write(tmp_path, "drafts/d.md", "ignored dir\n")
+    write(tmp_path, "sub/.gitignore", "!*.txt\nlocal.md\n")
+    write(tmp_path, "sub/b.txt", "re-included by the deeper file\n")
+    write(tmp_path, "sub/local.md", "ignored by the deeper file\n")
+    write(tmp_path, "sub/deeper/c.txt", "deeper file still applies\n")
+    write(tmp_path, "other/local.md", "the deeper rule is scoped to sub/\n")
+    # A file inside an ignored directory cannot be re-included (git semantics).
+    write(tmp_path, "drafts/.gitignore", "!d.md\n")
+    docs, _ = collect(tmp_path)
+    assert paths(docs) == [
+        "important.txt",
+        "other/local.md",
+        "sub/b.txt",
+        "sub/deeper/c.txt",
+    ]
+
+
+def test_anchored_gitignore_pattern_is_relative_to_its_folder(tmp_path: Path) -> None:
+    write(tmp_path, "sub/.gitignore", "/top.md\n")
+    write(tmp_path, "sub/top.md", "ignored\n")
+    write(tmp_path, "sub/inner/top.md", "not anchored here\n")
+    docs, _ = collect(tmp_path)
+    assert paths(docs) == ["sub/inner/top.md"]
+
+
+@pytest.mark.parametrize(
+    ("include", "exclude", "expected"),
+    [
+        ((), (), ["a.md", "docs/b.md", "docs/c.py", "docs/old/d.md"]),
+        (("*.md",), (), ["a.md", "docs/b.md", "docs/old/d.md"]),
+        (("docs/**",), ("*.py",), ["docs/b.md", "docs/old/d.md"]),
+        (("*.md",), ("docs/old/",), ["a.md", "docs/b.md"]),
+        # exclude wins over include even when both name the same file
+        (("a.md",), ("a.md",), []),
+        (("*.yaml",), (), ["conf.yaml"]),
+    ],
+)
+def test_include_exclude(
+    tmp_path: Path, include: tuple[str, ...], exclude: tuple[str, ...], expected: list[str]
+) -> None:
+    for rel in ["a.md", "docs/b.md", "docs/c.py", "docs/old/d.md"]:
+        write(tmp_path, rel, f"content of {rel}\n")
+    write(tmp_path, "conf.yaml", "a: 1\n")
+    docs, _ = collect(tmp_path, include=include, exclude=exclude)
+    assert paths(docs) == expected
+    assert [p.relative_to(tmp_path).as_posix() for p in list_files(tmp_path, include, exclude)] == (
+        expected
+    )
+
+
+def test_sorted_and_deterministic(tmp_path: Path) -> None:
+    for rel in ["b.md", "a.md", "a/z.md", "a.b/c.md", "A.md", "a-b.md"]:
+        write(tmp_path, rel, f"# {rel}\n")
+    first = paths(collect(tmp_path)[0])
+    assert first == sorted(first)
+    assert first == paths(collect(tmp_path)[0])
+
+
+def test_default_include_covers_documented_extensions() -> None:
+    for ext in ["md", "markdown", "mdx", "rst", "txt", "text", "html", "htm", "py", "rs", "go"]:
+        assert f"*.{ext}" in DEFAULT_INCLUDE
+    assert "*.json" not in DEFAULT_INCLUDE
+
+
+# --------------------------------------------------------------------------- symlinks
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symlinks need privileges on Windows")
+def test_symlinks(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    root = tmp_path / "root"
+    write(outside, "secret.md", "outside the root\n")
+    write(root, "real/doc.md", "# inside\n")
+    (root / "out_file.md").symlink_to(outside / "secret.md")
+    (root / "out_dir").symlink_to(outside, target_is_directory=True)
+    (root / "in_file.md").symlink_to(root / "real" / "doc.md")
+    (root / "real" / "loop").symlink_to(root, target_is_directory=True)
+    (root / "broken.md").symlink_to(root / "missing.md")
+    docs, skips = collect(root)
+    assert paths(docs) == ["in_file.md", "real/doc.md"]
+    assert "outside the root" in skips["out_file.md"]
+    assert "outside the root" in skips["out_dir/"]
+    assert "loop" in skips["real/loop/"]
+    assert "broken" in skips["broken.md"]
+    assert all("secret" not in d.text for d in docs)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def test_binary_and_empty_are_reported(tmp_path: Path) -> None:
+    write(tmp_path, "blob.txt", b"abc\x00\x01\x02" * 100)
+    write(tmp_path, "controls.txt", bytes([1, 2, 3, 4, 5, 6, 7, 65]) * 200)
+    write(tmp_path, "empty.md", "")
+    write(tmp_path, "blank.md", "  \n\t\n")
+    write(tmp_path, "ok.md", "text\n")
+    docs, skips = collect(tmp_path)
+    assert paths(docs) == ["ok.md"]
+    assert set(skips) == {"blob.txt", "controls.txt", "empty.md", "blank.md"}
+    assert "binary" in skips["blob.txt"] and "binary" in skips["controls.txt"]
+    assert "empty" in skips["empty.md"] and "empty" in skips["blank.md"]
+
+
+def test_cp1252_fallback_logs_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    raw = "Caf\u00e9 \u201cspecial\u201d \u20ac3.50\r\n".encode("cp1252")
+    write(tmp_path, "menu.txt", raw)
+    with caplog.at_level(logging.WARNING, logger="corpusbatch.sources"):
+        docs, skips = collect(tmp_path)
+    (doc,) = docs
+    assert doc.encoding == "cp1252"
+    assert doc.text == "Caf\u00e9 \u201cspecial\u201d \u20ac3.50\n"
+    assert doc.sha256 == hashlib.sha256(raw).hexdigest()
+    assert skips == {}
+    assert any("menu.txt" in r.getMessage() and "cp1252" in r.getMessage() for r in caplog.records)
+
+
+def test_latin1_when_cp1252_fails(tmp_path: Path) -> None:
+    # 0x81 is undefined in cp1252, so only latin-1 can decode it.
+    write(tmp_path, "odd.txt", b"abc \x81 def\n")
+    (doc,) = collect(tmp_path)[0]
+    assert doc.encoding == "latin-1"
+    assert doc.text == "abc \x81 def\n"
+
+
+def test_bom_and_newlines_normalised(tmp_path: Path) -> None:
+    raw = b"\xef\xbb\xbf# Title\r\nline two\rline three\n"
+    write(tmp_path, "bom.md", raw)
+    (doc,) = collect(tmp_path)[0]
+    assert doc.text == "# Title\nline two\nline three\n"
+    assert doc.encoding == "utf-8"
+    assert doc.kind == "markdown"
+    assert doc.sha256 == hashlib.sha256(raw).hexdigest()
+
+
+@pytest.mark.skipif(os.name == "nt" or os.geteuid() == 0, reason="root can read anything")
+def test_unreadable_file_is_skipped(tmp_path: Path) -> None:
+    path = write(tmp_path, "locked.md", "secret\n")
+    write(tmp_path, "open.md", "fine\n")
+    path.chmod(0)
+    try:
+        docs, skips = collect(tmp_path)
+    finally:
+        path.chmod(0o644)
+    assert paths(docs) == ["open.md"]
+    assert "permission" in skips["locked.md"]
+
+
+def test_root_errors(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="does not exist"):
+        list(iter_documents(tmp_path / "nope"))
+    file = write(tmp_path, "f.md", "x\n")
+    with pytest.raises(SourceError, match="not a folder"):
+        list_files(file)
+
+
+def test_read_document_relative_and_absolute(tmp_path: Path) -> None:
+    write(tmp_path, "dir/code.rs", "fn main() {}\n")
+    by_rel = read_document(tmp_path, Path("dir/code.rs"))
+    by_abs = read_document(tmp_path, tmp_path / "dir" / "code.rs")
+    assert by_rel == by_abs
+    assert by_rel is not None
+    assert (by_rel.path, by_rel.kind, by_rel.language) == ("dir/code.rs", "code", "rust")
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "language"),
+    [
+        ("a.md", "markdown", None),
+        ("a.MDX", "markdown", None),
+        ("a.rst", "rst", None),
+        ("a.txt", "text", None),
+        ("a.htm", "html", None),
+        ("a.py", "code", "python"),
+        ("a.ts", "code", "typescript"),
+        ("a.h", "code", "c"),
+        ("a.yml", "code", "yaml"),
+        ("README", "text", None),
+    ],
+)
+def test_detect_kind(name: str, kind: str, language: str | None) -> None:
+    assert detect_kind(name) == (kind, language)
+
+
+# --------------------------------------------------------------------------- HTML
+
+HTML = """<!DOCTYPE html>
+<html>
+<head>
+  <title>Brew &amp; Co</title>
+  <style>
+    h1 { color: brown; }
+  </style>
+</head>
+<body>
+  <h1>Pour-over
+      basics</h1>
+  <p>Water at 94&nbsp;&deg;C.<br>Then <b>bloom</b> for 30 s.</p><div>next</div>
+  <script type="text/javascript">
+    var hidden = "never shown";
+  </script>
+  <!-- a comment
+       over two lines -->
+  <a href="x"
+     class="long">link text</a>
+      <h3 id="ratio">Ratio</h3>
+  <template><p>template body</p></template>
+  <pre>
+  x  =  1
+  </pre>
+</body>
+</html>
+"""
+
+
+def test_html_keeps_every_line() -> None:
+    text = html_to_text(HTML)
+    src_lines = HTML.split("\n")
+    out_lines = text.split("\n")
+    assert len(out_lines) == len(src_lines)
+    assert out_lines[3].strip() == "Brew & Co"
+    assert out_lines[9] == "# Pour-over basics"  # source line 10, where <h1> starts
+    assert out_lines[10] == ""
+    assert "Water at 94\u00a0\u00b0C. Then bloom for 30 s. next" in out_lines[11]
+    assert out_lines[18].strip() == "link text"
+    assert out_lines[19] == "### Ratio"  # leading indentation removed
+    assert "  x  =  1" in out_lines[22]  # <pre> spacing kept
+    for dropped in ("color", "never shown", "comment", "template body", "href"):
+        assert dropped not in text
+
+
+def test_html_document_kind(tmp_path: Path) -> None:
+    write(tmp_path, "page.html", HTML.replace("\n", "\r\n"))
+    (doc,) = collect(tmp_path)[0]
+    assert doc.kind == "html"
+    assert doc.text.count("\n") == HTML.count("\n")
+    assert doc.text.split("\n")[9] == "# Pour-over basics"
+
+
+def test_html_with_only_markup_is_empty(tmp_path: Path) -> None:
+    write(tmp_path, "blank.html", "<html>\n<script>x()</script>\n</html>\n")
+    docs, skips = collect(tmp_path)
+    assert docs == []
+    assert "empty" in skips["blank.html"]
