@@ -1,0 +1,465 @@
+"""Command-line interface: parse flags, call one library function, print.
+
+Exit codes: 0 success; 1 error; 2 bad usage or configuration; 3 ``--max-cost`` would be
+exceeded (nothing sent); 4 finished, but some inputs failed for good (see the report);
+75 another run holds the index lock (try again later).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .config import PROFILES, Settings, settings_from
+from .errors import CorpusbatchError
+
+EXIT_PARTIAL = 4
+log = logging.getLogger("corpusbatch")
+
+
+# -- progress: tqdm bars on a terminal, plain timestamped lines otherwise ---------------
+class TerminalProgress:
+    """Draws one tqdm bar per stage."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+
+    def start(self, stage: str, total: int | None = None, unit: str = "it") -> None:
+        from tqdm import tqdm
+
+        self.finish()
+        self._bar = tqdm(total=total, desc=f"{stage:<9}", unit=unit, leave=True, file=sys.stderr)
+
+    def advance(self, n: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def note(self, message: str) -> None:
+        click.echo(message, err=True)
+
+
+class LineProgress:
+    """Plain timestamped log lines, at most one per stage every ``every`` seconds."""
+
+    def __init__(self, every: float = 30.0) -> None:
+        self.every = every
+        self.stage = ""
+        self.total: int | None = None
+        self.done = 0
+        self.unit = "it"
+        self._last = 0.0
+
+    def start(self, stage: str, total: int | None = None, unit: str = "it") -> None:
+        self.stage, self.total, self.done, self.unit = stage, total, 0, unit
+        self._last = time.monotonic()
+        log.info("%s: started%s", stage, f" ({total} {unit}s)" if total else "")
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self._last >= self.every:
+            self._last = now
+            of = f"/{self.total}" if self.total else ""
+            log.info("%s: %d%s %ss", self.stage, self.done, of, self.unit)
+
+    def finish(self) -> None:
+        if self.stage:
+            log.info("%s: done (%d %ss)", self.stage, self.done, self.unit)
+            self.stage = ""
+
+    def note(self, message: str) -> None:
+        log.info("%s", message)
+
+
+class QuietProgress(LineProgress):
+    def start(self, stage: str, total: int | None = None, unit: str = "it") -> None:
+        pass
+
+    def advance(self, n: int = 1) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+def _progress(quiet: bool) -> Any:
+    if quiet:
+        return QuietProgress()
+    return TerminalProgress() if sys.stderr.isatty() else LineProgress()
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+    )
+    root = logging.getLogger("corpusbatch")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+# -- shared options ---------------------------------------------------------------------
+class _Group(click.Group):
+    """Turns library errors into one line and an exit code (tracebacks with --debug)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CorpusbatchError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+
+def _index_options(f: Any) -> Any:
+    opts = [
+        click.option(
+            "--index-dir",
+            type=click.Path(path_type=Path),
+            help="Where the index lives (default ./.corpusbatch).",
+        ),
+        click.option("--table", help="Table name in the index (default chunks)."),
+        click.option(
+            "--config",
+            "config_path",
+            type=click.Path(path_type=Path),
+            help="Config file (default ./corpusbatch.toml if present).",
+        ),
+        click.option(
+            "--provider",
+            type=str,
+            help=f"Embedding provider: {', '.join(PROFILES)} (default local), "
+            "or any name with --base-url.",
+        ),
+        click.option("--model", help="Embedding model (default: the provider's)."),
+        click.option(
+            "--dimensions",
+            type=int,
+            help="Ask the model for shorter vectors (text-embedding-3 only).",
+        ),
+        click.option("--base-url", help="Base URL of an OpenAI-compatible API (generic provider)."),
+        click.option("--api-key-env", help="Environment variable holding the API key."),
+        click.option("--input-prefix", help="Text prepended to every chunk before embedding."),
+        click.option("--chunk-tokens", type=int, help="Maximum tokens per chunk."),
+        click.option(
+            "--overlap",
+            "overlap_tokens",
+            type=int,
+            help="Tokens shared by consecutive chunks (default 0).",
+        ),
+        click.option("--include", multiple=True, help="Glob of files to index (repeatable)."),
+        click.option(
+            "--exclude",
+            multiple=True,
+            help="Glob of files to skip (repeatable; wins over --include).",
+        ),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _settings(**flags: Any) -> Settings:
+    config_path = flags.pop("config_path", None)
+    if config_path is None and Path("corpusbatch.toml").exists():
+        config_path = Path("corpusbatch.toml")
+    for key in ("include", "exclude"):
+        if not flags.get(key):
+            flags.pop(key, None)
+    return settings_from(flags, config_path)
+
+
+def _api_key(settings: Settings) -> str | None:
+    """The API key from the environment, read only for a remote provider chosen explicitly."""
+    profile = settings.profile()
+    if not profile.remote or not profile.api_key_env:
+        return None
+    return os.environ.get(profile.api_key_env)
+
+
+def _print_report(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+        return
+    lines = [
+        f"documents {report['documents']} ({report['documents_read']} read), "
+        f"skipped {len(report['skipped'])}, chunks {report['chunks']}",
+        f"to embed: {report['to_embed_inputs']} inputs, {report['to_embed_tokens']:,} tokens "
+        f"in {report['files_planned']} files, {report['waves']} waves; estimated cost "
+        f"${report['estimated_cost_batch']:.4f} batch / ${report['estimated_cost_realtime']:.4f} "
+        "real-time",
+    ]
+    if report.get("published"):
+        lines.append(
+            f"table: {report['new']} new, {report['changed']} changed, {report['unchanged']} "
+            f"unchanged, {report['deleted']} deleted rows (version {report['table_version']})"
+        )
+    elif report.get("pending_files"):
+        lines.append(
+            f"{report['pending_files']} batch files still in flight; run `corpusbatch collect` "
+            "(or `corpusbatch index` again) later to load and publish them"
+        )
+    for skip in report["skipped"]:
+        lines.append(f"skipped {skip['path']}: {skip['reason']}")
+    for fail in report["failed"]:
+        lines.append(f"failed {fail['source']}:{fail['lines']}: {fail['code']}: {fail['message']}")
+    click.echo("\n".join(lines))
+
+
+# -- commands ---------------------------------------------------------------------------
+@click.group(cls=_Group)
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(package_name="corpusbatch")
+@click.pass_context
+def main(ctx: click.Context, debug: bool, verbose: int) -> None:
+    """Turn a folder of documents into a LanceDB table of embeddings, at batch prices.
+
+    \b
+    Examples:
+      corpusbatch index ./docs
+      corpusbatch search "how do I descale the machine?"
+      corpusbatch plan ./docs --provider openai
+    """
+    ctx.obj = {"debug": debug, "verbose": verbose}
+
+
+@main.command("index")
+@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_index_options
+@click.option(
+    "--max-cost", type=float, help="Abort before any upload if the estimate (USD) is higher."
+)
+@click.option("--no-wait", is_flag=True, help="Submit and exit; a later run collects results.")
+@click.option(
+    "--full-scan", is_flag=True, help="Read every file even if its size and mtime are unchanged."
+)
+@click.option("--poll-interval", type=float, help="Seconds between Batch API polls (default 30).")
+@click.option("--json", "as_json", is_flag=True, help="Print the run report as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors.")
+@click.pass_context
+def index_cmd(
+    ctx: click.Context,
+    root: Path,
+    max_cost: float | None,
+    no_wait: bool,
+    full_scan: bool,
+    as_json: bool,
+    quiet: bool,
+    **flags: Any,
+) -> None:
+    """Index ROOT: chunk, embed what changed, and publish the table.
+
+    Runs on the local CPU model unless --provider (or the config file) picks a remote
+    Batch API. Safe to re-run: nothing is embedded twice, a killed run resumes.
+
+    \b
+    Examples:
+      corpusbatch index ./docs
+      corpusbatch index ./docs --provider openai --max-cost 2.50
+      corpusbatch index ./docs --provider openai --no-wait   # submit now, collect later
+      corpusbatch index ./docs --exclude 'drafts/**' --json
+    """
+    from .pipeline import index
+
+    _setup_logging(ctx.obj["verbose"], quiet or as_json)
+    settings = _settings(max_cost=max_cost, **flags)
+    report = index(
+        root,
+        settings,
+        api_key=_api_key(settings),
+        wait=not no_wait,
+        full_scan=full_scan,
+        progress=_progress(quiet or as_json),
+    )
+    _print_report(report.to_dict(), as_json)
+    if report.failed:
+        sys.exit(EXIT_PARTIAL)
+
+
+@main.command("plan")
+@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_index_options
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.pass_context
+def plan_cmd(ctx: click.Context, root: Path, as_json: bool, **flags: Any) -> None:
+    """Dry run: show chunks, exact tokens, batch files, waves and cost. Nothing is sent.
+
+    \b
+    Examples:
+      corpusbatch plan ./docs
+      corpusbatch plan ./docs --provider openai --model text-embedding-3-large
+    """
+    from .pipeline import index
+
+    _setup_logging(ctx.obj["verbose"], as_json)
+    settings = _settings(**flags)
+    report = index(root, settings, dry_run=True, progress=_progress(as_json))
+    _print_report(report.to_dict(), as_json)
+
+
+@main.command("collect")
+@click.option("--index-dir", type=click.Path(path_type=Path), help="Where the index lives.")
+@click.option("--table", help="Table name in the index (default chunks).")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Config file.")
+@click.option("--provider", help="Provider the batches were sent to.")
+@click.option("--base-url", help="Base URL of an OpenAI-compatible API.")
+@click.option("--api-key-env", help="Environment variable holding the API key.")
+@click.option("--no-wait", is_flag=True, help="Load what has finished and exit.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run report as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors.")
+@click.pass_context
+def collect_cmd(
+    ctx: click.Context, no_wait: bool, as_json: bool, quiet: bool, **flags: Any
+) -> None:
+    """Load finished batches and publish the table, without re-reading the sources.
+
+    \b
+    Examples:
+      corpusbatch collect --provider openai
+      corpusbatch collect --provider openai --no-wait   # from cron, every hour
+    """
+    from .pipeline import collect
+
+    _setup_logging(ctx.obj["verbose"], quiet or as_json)
+    settings = _settings(**flags)
+    report = collect(
+        settings, api_key=_api_key(settings), wait=not no_wait, progress=_progress(quiet or as_json)
+    )
+    _print_report(report.to_dict(), as_json)
+    if report.failed:
+        sys.exit(EXIT_PARTIAL)
+
+
+@main.command("search")
+@click.argument("question")
+@click.option("-k", "k", type=int, default=5, show_default=True, help="Number of results.")
+@click.option(
+    "--mode",
+    type=click.Choice(["vector", "fts", "hybrid"]),
+    default="vector",
+    show_default=True,
+    help="Vector, full-text or hybrid (both, fused) search.",
+)
+@click.option("--where", help="SQL filter on columns, e.g. \"source LIKE 'guides/%'\".")
+@click.option("--index-dir", type=click.Path(path_type=Path), help="Where the index lives.")
+@click.option("--table", help="Table name in the index (default chunks).")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Config file.")
+@click.option("--provider", help="Provider for embedding the question (default: the table's).")
+@click.option("--base-url", help="Base URL of an OpenAI-compatible API.")
+@click.option("--api-key-env", help="Environment variable holding the API key.")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+@click.pass_context
+def search_cmd(
+    ctx: click.Context,
+    question: str,
+    k: int,
+    mode: str,
+    where: str | None,
+    as_json: bool,
+    **flags: Any,
+) -> None:
+    """Search the index for QUESTION and print the best chunks.
+
+    \b
+    Examples:
+      corpusbatch search "what grind size for French press?"
+      corpusbatch search "descaling" --mode hybrid -k 3
+      corpusbatch search "milk" --where "source LIKE 'guides/%'" --json
+    """
+    from .pipeline import search_index
+
+    _setup_logging(ctx.obj["verbose"], True)
+    settings = _settings(**flags)
+    hits = search_index(
+        question, settings, k=k, mode=mode, where=where, api_key=_api_key_for_search(settings)
+    )
+    if as_json:
+        click.echo(json.dumps([h.to_dict() for h in hits], indent=2))
+        return
+    if not hits:
+        click.echo("no results")
+    for rank, hit in enumerate(hits, start=1):
+        heading = f"  [{hit.heading}]" if hit.heading else ""
+        click.echo(
+            f"{rank}. {hit.source}:{hit.start_line}-{hit.end_line}  score {hit.score:.3f}{heading}"
+        )
+        snippet = " ".join(hit.text.split())
+        click.echo(f"   {snippet[:300]}{'…' if len(snippet) > 300 else ''}")
+
+
+def _api_key_for_search(settings: Settings) -> str | None:
+    from .pipeline import open_table, table_identity
+
+    provider = table_identity(open_table(settings)).get("provider") or settings.provider
+    if provider == "local":
+        return None
+    return _api_key(replace(settings, provider=provider))
+
+
+@main.command("status")
+@click.option("--index-dir", type=click.Path(path_type=Path), help="Where the index lives.")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Config file.")
+@click.option("--provider", help="Provider the batches were sent to (to ask it for live status).")
+@click.option("--base-url", help="Base URL of an OpenAI-compatible API.")
+@click.option("--api-key-env", help="Environment variable holding the API key.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.pass_context
+def status_cmd(ctx: click.Context, as_json: bool, **flags: Any) -> None:
+    """Show every batch file not yet loaded: state, batch status, counts, age.
+
+    \b
+    Examples:
+      corpusbatch status
+      corpusbatch status --provider openai --json
+    """
+    from .pipeline import batch_status
+
+    _setup_logging(ctx.obj["verbose"], True)
+    settings = _settings(**flags)
+    rows = batch_status(settings, api_key=_api_key(settings))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        click.echo("nothing in flight")
+    for row in rows:
+        click.echo("  ".join(f"{k}={v}" for k, v in row.items() if v is not None))
+
+
+@main.command("cancel")
+@click.option("--index-dir", type=click.Path(path_type=Path), help="Where the index lives.")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Config file.")
+@click.option("--provider", help="Provider the batches were sent to.")
+@click.option("--base-url", help="Base URL of an OpenAI-compatible API.")
+@click.option("--api-key-env", help="Environment variable holding the API key.")
+@click.pass_context
+def cancel_cmd(ctx: click.Context, **flags: Any) -> None:
+    """Cancel every in-flight batch. Finished lines are kept and loaded by `collect`.
+
+    \b
+    Examples:
+      corpusbatch cancel --provider openai
+    """
+    from .pipeline import cancel_batches
+
+    _setup_logging(ctx.obj["verbose"], False)
+    settings = _settings(**flags)
+    for batch_id in cancel_batches(settings, api_key=_api_key(settings)):
+        click.echo(f"cancelling {batch_id}")

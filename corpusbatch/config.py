@@ -1,0 +1,263 @@
+"""Provider profiles, model specs and run settings.
+
+Precedence, resolved once in the CLI: command-line flag > config file
+(``corpusbatch.toml`` in the working directory, or ``--config``) > built-in default.
+The environment is read only for API keys, and only when a remote provider was chosen
+explicitly: a key lying in the environment never makes corpusbatch spend money.
+Library functions take a :class:`Settings` and read no environment themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+LOCAL_MODEL = "all-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Hard limits of one provider's Batch API for /v1/embeddings (None = no limit)."""
+
+    max_lines_per_file: int = 50_000
+    max_inputs_per_file: int = 50_000  # embedding inputs summed over all lines
+    max_bytes_per_file: int = 190_000_000  # OpenAI rejects > 200 MiB; keep a margin
+    max_tokens_per_file: int | None = None
+    max_inputs_per_request: int = 2_048
+    max_tokens_per_request: int = 300_000
+    max_tokens_per_input: int = 8_191
+    max_enqueued_tokens: int | None = 3_000_000  # OpenAI tier 1 for text-embedding-3-*
+    max_enqueued_requests: int | None = 1_000_000
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the planner and chunker must know about one embedding model."""
+
+    name: str
+    tokenizer: str  # "cl100k_base" or "local-minilm"
+    max_input_tokens: int  # tokens of text per input, special tokens excluded
+    dimensions: int  # native vector length
+    default_chunk_tokens: int
+    batch_price_per_mtok: float = 0.0  # USD per 1M input tokens, Batch API
+    realtime_price_per_mtok: float = 0.0  # USD per 1M input tokens, real-time API
+    supports_dimensions: bool = False  # accepts the `dimensions` request field
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A provider: where to send batches, how to authenticate, its limits and models."""
+
+    name: str
+    base_url: str | None
+    api_key_env: str | None
+    limits: Limits
+    models: dict[str, ModelSpec]
+    default_model: str
+    remote: bool = True
+
+    def model(self, name: str | None) -> ModelSpec:
+        name = name or self.default_model
+        if name in self.models:
+            return self.models[name]
+        if not self.remote:
+            raise ConfigError(
+                f"model {name!r} is not available on the local backend",
+                hint=f"use --model {self.default_model} or choose a remote --provider",
+            )
+        # An unknown remote model: count with cl100k_base and leave headroom, since its
+        # own tokenizer may produce more tokens than cl100k_base for the same text.
+        return ModelSpec(
+            name=name,
+            tokenizer="cl100k_base",
+            max_input_tokens=int(self.limits.max_tokens_per_input * 0.75),
+            dimensions=0,
+            default_chunk_tokens=384,
+        )
+
+
+_OPENAI_MODELS = {
+    "text-embedding-3-small": ModelSpec(
+        "text-embedding-3-small", "cl100k_base", 8_191, 1536, 512, 0.01, 0.02, True
+    ),
+    "text-embedding-3-large": ModelSpec(
+        "text-embedding-3-large", "cl100k_base", 8_191, 3072, 512, 0.065, 0.13, True
+    ),
+    "text-embedding-ada-002": ModelSpec(
+        "text-embedding-ada-002", "cl100k_base", 8_191, 1536, 512, 0.05, 0.10, False
+    ),
+}
+
+# DeepInfra models use their own tokenizers, which corpusbatch cannot load offline;
+# cl100k_base counts with a 25% margin stand in (max_input_tokens below is the margin'd
+# budget). Prices: real-time list price, batch 20% below it. Override in corpusbatch.toml.
+_DEEPINFRA_MODELS = {
+    "BAAI/bge-m3": ModelSpec("BAAI/bge-m3", "cl100k_base", 6_000, 1024, 512, 0.008, 0.010),
+    "Qwen/Qwen3-Embedding-8B": ModelSpec(
+        "Qwen/Qwen3-Embedding-8B", "cl100k_base", 6_000, 4096, 512, 0.008, 0.010, True
+    ),
+    "intfloat/multilingual-e5-large": ModelSpec(
+        "intfloat/multilingual-e5-large", "cl100k_base", 380, 1024, 256, 0.008, 0.010
+    ),
+}
+
+PROFILES: dict[str, Profile] = {
+    "local": Profile(
+        name="local",
+        base_url=None,
+        api_key_env=None,
+        # The local backend has no provider limits; keep files small so a crash loses
+        # little work and progress is fine-grained.
+        limits=Limits(
+            max_lines_per_file=500,
+            max_inputs_per_file=4_096,
+            max_bytes_per_file=50_000_000,
+            max_inputs_per_request=64,
+            max_tokens_per_request=64 * 256,
+            max_tokens_per_input=254,
+            max_enqueued_tokens=None,
+            max_enqueued_requests=None,
+        ),
+        models={
+            # MiniLM reads 256 word-pieces including [CLS] and [SEP]: 254 of text.
+            LOCAL_MODEL: ModelSpec(LOCAL_MODEL, "local-minilm", 254, 384, 254),
+        },
+        default_model=LOCAL_MODEL,
+        remote=False,
+    ),
+    "openai": Profile(
+        name="openai",
+        base_url=None,
+        api_key_env="OPENAI_API_KEY",
+        limits=Limits(),
+        models=_OPENAI_MODELS,
+        default_model="text-embedding-3-small",
+    ),
+    "deepinfra": Profile(
+        name="deepinfra",
+        base_url="https://api.deepinfra.com/v1/openai",
+        api_key_env="DEEPINFRA_TOKEN",
+        limits=Limits(max_enqueued_tokens=None, max_enqueued_requests=None),
+        models=_DEEPINFRA_MODELS,
+        default_model="BAAI/bge-m3",
+    ),
+}
+
+
+@dataclass
+class Settings:
+    """Everything a run needs, already resolved from flags, config file and defaults."""
+
+    index_dir: Path = Path(".corpusbatch")
+    table: str = "chunks"
+    provider: str = "local"
+    model: str | None = None
+    dimensions: int | None = None  # request fewer dimensions (text-embedding-3 only)
+    input_prefix: str = ""
+    chunk_tokens: int | None = None  # default: the model's default_chunk_tokens
+    overlap_tokens: int = 0
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    base_url: str | None = None  # overrides the profile's
+    api_key_env: str | None = None  # overrides the profile's
+    limits: dict[str, int | None] = field(default_factory=dict)  # overrides Limits fields
+    prices: dict[str, float] = field(default_factory=dict)  # batch/realtime per 1M
+    max_cost: float | None = None
+    poll_interval: float = 30.0
+    delete_remote_files: bool = True
+    max_attempts: int = 3  # per chunk, across resubmissions
+
+    def profile(self) -> Profile:
+        base = PROFILES.get(self.provider)
+        if base is None:
+            if not self.base_url:
+                raise ConfigError(
+                    f"unknown provider {self.provider!r}",
+                    hint=f"choose one of {', '.join(PROFILES)} or pass --base-url",
+                )
+            base = replace(
+                PROFILES["openai"],
+                name=self.provider,
+                models={},
+                default_model=self.model or "",
+            )
+        profile = replace(
+            base,
+            base_url=self.base_url or base.base_url,
+            api_key_env=self.api_key_env or base.api_key_env,
+        )
+        if self.limits:
+            unknown = set(self.limits) - {f.name for f in dataclasses.fields(Limits)}
+            if unknown:
+                raise ConfigError(f"unknown limit(s) {sorted(unknown)} in config")
+            profile = replace(profile, limits=replace(profile.limits, **self.limits))
+        return profile
+
+    def model_spec(self) -> ModelSpec:
+        spec = self.profile().model(self.model)
+        if self.prices:
+            spec = replace(
+                spec,
+                batch_price_per_mtok=self.prices.get("batch", spec.batch_price_per_mtok),
+                realtime_price_per_mtok=self.prices.get("realtime", spec.realtime_price_per_mtok),
+            )
+        return spec
+
+    def effective_chunk_tokens(self) -> int:
+        spec = self.model_spec()
+        limit = min(spec.max_input_tokens, self.profile().limits.max_tokens_per_input)
+        size = self.chunk_tokens or spec.default_chunk_tokens
+        if size > limit:
+            raise ConfigError(
+                f"chunk size {size} exceeds {spec.name}'s {limit}-token input limit",
+                hint="lower --chunk-tokens or choose another model",
+            )
+        if self.overlap_tokens < 0 or self.overlap_tokens >= size:
+            raise ConfigError(
+                f"overlap {self.overlap_tokens} must be >= 0 and below the chunk size {size}",
+                hint="lower --overlap",
+            )
+        return min(size, limit)
+
+
+_SETTINGS_KEYS = {f.name for f in dataclasses.fields(Settings)}
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read a ``corpusbatch.toml``; keys are Settings field names."""
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    unknown = set(data) - _SETTINGS_KEYS
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {sorted(unknown)} in {path}",
+            hint=f"valid keys: {', '.join(sorted(_SETTINGS_KEYS))}",
+        )
+    if "api_key" in data:  # never reached (not a field), kept as a guard in spirit
+        raise ConfigError("do not put API keys in config files; use api_key_env")
+    return data
+
+
+def settings_from(overrides: dict[str, Any], config_path: Path | None = None) -> Settings:
+    """Build Settings: ``overrides`` (flags, None = unset) over the config file."""
+    values: dict[str, Any] = {}
+    if config_path is not None:
+        values.update(load_config_file(config_path))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    for key in ("include", "exclude"):
+        if key in values:
+            values[key] = tuple(values[key])
+    if "index_dir" in values:
+        values["index_dir"] = Path(values["index_dir"])
+    return Settings(**values)

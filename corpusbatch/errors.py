@@ -1,0 +1,106 @@
+"""One error hierarchy for corpusbatch.
+
+Every error a user can cause or fix derives from :class:`CorpusbatchError`. Messages
+say what happened *and what to do next*; context (path, line, batch id, custom id)
+is kept as attributes so callers can act on it without parsing text. The CLI turns
+these into one-line messages and an exit code; anything else is a bug and shows a
+traceback.
+"""
+
+from __future__ import annotations
+
+
+class CorpusbatchError(Exception):
+    """Root of every error corpusbatch raises on purpose."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}; {self.hint}"
+        return self.message
+
+
+class ConfigError(CorpusbatchError):
+    """A flag, config file or environment setting is missing or wrong."""
+
+    exit_code = 2
+
+
+class SourceError(CorpusbatchError):
+    """A document could not be found or read."""
+
+    def __init__(self, message: str, *, path: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.path = path
+
+
+class ChunkingError(CorpusbatchError):
+    """A document could not be cut into chunks within the token budget."""
+
+    def __init__(self, message: str, *, path: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.path = path
+
+
+class PlanningError(CorpusbatchError):
+    """Chunks could not be packed into batch files within the provider's limits."""
+
+
+class BackendError(CorpusbatchError):
+    """The embedding backend (local model or remote Batch API) failed."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        batch_id: str | None = None,
+        file_name: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.batch_id = batch_id
+        self.file_name = file_name
+
+
+class LocalModelUnavailable(BackendError):
+    """The local embedding model stack is not installed."""
+
+
+class CostLimitExceeded(CorpusbatchError):
+    """The estimated cost is above ``--max-cost``; nothing was sent."""
+
+    exit_code = 3
+
+
+class LoadError(CorpusbatchError):
+    """An output file line could not be loaded into the table."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        line: int | None = None,
+        custom_id: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.path = path
+        self.line = line
+        self.custom_id = custom_id
+
+
+class IndexNotFound(CorpusbatchError):
+    """There is no index (table) where one was expected."""
+
+
+class LockedError(CorpusbatchError):
+    """Another corpusbatch run holds the lock on this index directory."""
+
+    exit_code = 75  # EX_TEMPFAIL: try again later

@@ -1,0 +1,601 @@
+"""Loading: output JSONL -> vector store -> the published LanceDB table.
+
+Two steps, so that a table reader never sees a half-updated index:
+
+1. :func:`load_output` streams one output file (and its error file) line by line,
+   checks every line (known ``custom_id``, status, index range, dimension, finite
+   values), and stores the good vectors in the run store (SQLite, ``store.db``) in one
+   transaction per file. This happens as soon as a batch finishes, so paid work is on
+   disk at once; loading the same file twice is harmless (vectors are keyed by content).
+2. :func:`publish` moves the table from its previous complete state to the new one in a
+   single ``merge_insert`` commit: new and changed rows upserted, stale rows deleted.
+   Unchanged rows are not rewritten; a run that changes nothing writes nothing.
+
+The run store also holds the *desired* rows of the current run (what the sources say
+the table should contain) and the permanent failures, so that a killed run resumes
+without re-reading anything it already recorded.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from .errors import LoadError
+from .types import Chunk, EmbeddingIdentity, content_hash, row_id, vector_key
+
+log = logging.getLogger(__name__)
+
+# A request that failed with one of these may succeed when sent again.
+RETRYABLE_CODES = frozenset(
+    {"batch_expired", "batch_cancelled", "request_timeout", "rate_limit_exceeded", "server_error"}
+)
+RETRYABLE_STATUS = frozenset({0, 408, 409, 429, 500, 502, 503, 504})
+
+_STORE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS desired (
+    id TEXT PRIMARY KEY,
+    key TEXT NOT NULL,
+    source TEXT NOT NULL,
+    heading TEXT NOT NULL,
+    start_line INTEGER NOT NULL,
+    end_line INTEGER NOT NULL,
+    n_tokens INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    content_hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS desired_key ON desired(key);
+CREATE INDEX IF NOT EXISTS desired_source ON desired(source);
+CREATE TABLE IF NOT EXISTS sources (
+    source TEXT PRIMARY KEY,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS vectors (
+    key TEXT PRIMARY KEY,
+    vector BLOB NOT NULL,
+    custom_id TEXT NOT NULL,
+    file_name TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS failures (
+    key TEXT PRIMARY KEY,
+    file_name TEXT NOT NULL,
+    custom_id TEXT,
+    code TEXT,
+    message TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class FailedInput:
+    """One embedding input that did not come back with a usable vector."""
+
+    key: str
+    custom_id: str
+    status_code: int | None
+    code: str | None
+    message: str
+    retryable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SourceState:
+    """What the last scan saw of one source file."""
+
+    sha256: str
+    size: int
+    mtime_ns: int
+    fingerprint: str  # chunker + identity that produced its rows
+
+
+@dataclass
+class LoadResult:
+    """What loading one output/error file pair found."""
+
+    lines: int = 0
+    vectors: int = 0
+    tokens: int = 0
+    failed: list[FailedInput] = field(default_factory=list)
+    unknown_custom_ids: int = 0
+
+
+class RunStore:
+    """SQLite store of desired rows, embedded vectors and permanent failures."""
+
+    def __init__(self, path: Path, dimensions: int) -> None:
+        self.path = path
+        self.dimensions = dimensions
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # check_same_thread=False: LanceDB pulls publish batches from its own thread while
+        # this thread waits; the connection is never used by two threads at once.
+        self.db = sqlite3.connect(
+            str(path), timeout=30.0, isolation_level=None, check_same_thread=False
+        )
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_STORE_SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- sources and desired rows ---------------------------------------------------
+    def source_state(self, source: str) -> SourceState | None:
+        row = self.db.execute(
+            "SELECT sha256, size, mtime_ns, fingerprint FROM sources WHERE source = ?", (source,)
+        ).fetchone()
+        return SourceState(*row) if row else None
+
+    def put_source(
+        self, source: str, state: SourceState, rows: Iterable[tuple[Any, ...]] | None
+    ) -> int:
+        """Record ``source``'s state; with ``rows``, replace its desired rows too.
+
+        Call inside :meth:`transaction`. Returns the number of rows written.
+        """
+        self.db.execute(
+            "INSERT INTO sources (source, sha256, size, mtime_ns, fingerprint) VALUES (?,?,?,?,?)"
+            " ON CONFLICT(source) DO UPDATE SET sha256 = excluded.sha256, size = excluded.size,"
+            " mtime_ns = excluded.mtime_ns, fingerprint = excluded.fingerprint",
+            (source, state.sha256, state.size, state.mtime_ns, state.fingerprint),
+        )
+        if rows is None:
+            return 0
+        self.db.execute("DELETE FROM desired WHERE source = ?", (source,))
+        cur = self.db.executemany(
+            "INSERT OR REPLACE INTO desired (id, key, source, heading, start_line, end_line,"
+            " n_tokens, text, content_hash) VALUES (?,?,?,?,?,?,?,?,?)",
+            rows,
+        )
+        return cur.rowcount
+
+    def drop_sources(self, keep: set[str]) -> list[str]:
+        """Forget every source not in ``keep`` (and its rows); call inside a transaction."""
+        gone = [s for (s,) in self.db.execute("SELECT source FROM sources") if s not in keep]
+        for source in gone:
+            self.db.execute("DELETE FROM desired WHERE source = ?", (source,))
+            self.db.execute("DELETE FROM sources WHERE source = ?", (source,))
+        return gone
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set a meta value; call inside a transaction."""
+        self.db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def keys_to_embed(self, exclude: set[str]) -> Iterator[tuple[str, str, int]]:
+        """Distinct (key, text, n_tokens) of desired rows with no vector nor failure."""
+        cur = self.db.execute(
+            "SELECT key, MIN(text), MIN(n_tokens) FROM desired"
+            " WHERE key NOT IN (SELECT key FROM vectors)"
+            " AND key NOT IN (SELECT key FROM failures)"
+            " GROUP BY key ORDER BY key"
+        )
+        for key, text, n_tokens in cur:
+            if key not in exclude:
+                yield key, text, n_tokens
+
+    def texts_for(self, keys: Sequence[str]) -> dict[str, tuple[str, int]]:
+        """(text, n_tokens) of each key in ``keys`` that a desired row still uses."""
+        out: dict[str, tuple[str, int]] = {}
+        for i in range(0, len(keys), 500):
+            part = keys[i : i + 500]
+            q = ", ".join("?" * len(part))
+            for key, text, n in self.db.execute(
+                f"SELECT key, MIN(text), MIN(n_tokens) FROM desired WHERE key IN ({q})"
+                " GROUP BY key",
+                part,
+            ):
+                out[key] = (text, n)
+        return out
+
+    def where_used(self, key: str) -> list[tuple[str, int, int]]:
+        """(source, start_line, end_line) of every desired row with vector ``key``."""
+        return list(
+            self.db.execute(
+                "SELECT source, start_line, end_line FROM desired WHERE key = ? ORDER BY source",
+                (key,),
+            )
+        )
+
+    # -- vectors ------------------------------------------------------------------
+    def add_vectors(self, rows: Iterable[tuple[str, bytes, str, str]]) -> int:
+        """Insert (key, float32 bytes, custom_id, file_name); existing keys are kept."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            before = self.db.total_changes
+            self.db.executemany(
+                "INSERT OR IGNORE INTO vectors (key, vector, custom_id, file_name)"
+                " VALUES (?,?,?,?)",
+                rows,
+            )
+            added = self.db.total_changes - before
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+        return added
+
+    def record_failures(self, failures: Iterable[FailedInput], file_name: str) -> None:
+        with self.transaction():
+            self.db.executemany(
+                "INSERT OR REPLACE INTO failures (key, file_name, custom_id, code, message)"
+                " VALUES (?,?,?,?,?)",
+                [(f.key, file_name, f.custom_id, f.code, f.message) for f in failures],
+            )
+
+    def failures(self) -> list[tuple[str, str, str | None, str]]:
+        """(key, file_name, code, message) of inputs that failed for good."""
+        return list(self.db.execute("SELECT key, file_name, code, message FROM failures"))
+
+    def clear_failures(self) -> int:
+        """Forget permanent failures so the next run tries those inputs again."""
+        with self.transaction():
+            return self.db.execute("DELETE FROM failures").rowcount
+
+    def count(self, table: str) -> int:
+        assert table in ("desired", "vectors", "failures", "sources")
+        return int(self.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+    def transaction(self) -> _Tx:
+        return _Tx(self.db)
+
+
+class _Tx:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def desired_rows(
+    chunks: Iterable[Chunk], identity: EmbeddingIdentity, counts: dict[tuple[str, str], int]
+) -> Iterator[tuple[Any, ...]]:
+    """Rows for :meth:`RunStore.replace_desired`; ``counts`` tracks occurrences."""
+    for c in chunks:
+        key = vector_key(identity, c.text)
+        occurrence = counts.get((c.source, key), 0)
+        counts[(c.source, key)] = occurrence + 1
+        yield (
+            row_id(key, c.source, occurrence),
+            key,
+            c.source,
+            c.heading_path,
+            c.start_line,
+            c.end_line,
+            c.n_tokens,
+            c.text,
+            content_hash(c.text),
+        )
+
+
+# -- reading output files ---------------------------------------------------------
+def _decode_embedding(value: Any) -> np.ndarray:
+    if isinstance(value, str):
+        return np.frombuffer(base64.b64decode(value), dtype="<f4")
+    return np.asarray(value, dtype=np.float32)
+
+
+def _failure(
+    keys: Sequence[str], custom_id: str, status: int | None, error: Any
+) -> list[FailedInput]:
+    error = error if isinstance(error, dict) else {"message": str(error)}
+    code = error.get("code") or error.get("type")
+    code = str(code) if code is not None else None
+    message = str(error.get("message") or "no message")
+    retryable = (status in RETRYABLE_STATUS) or (status is None and code in RETRYABLE_CODES)
+    if status is None and code is None:
+        retryable = True
+    return [FailedInput(k, custom_id, status, code, message, retryable) for k in keys]
+
+
+def _iter_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
+    with path.open("r", encoding="utf-8") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                yield lineno, None, f"invalid JSON: {exc}"
+                continue
+            yield lineno, obj if isinstance(obj, dict) else None, "not a JSON object"
+
+
+class _LineReader:
+    """Checks output lines against a manifest and yields vectors."""
+
+    def __init__(
+        self, manifest: dict[str, list[str]], dimensions: int, result: LoadResult, path: Path
+    ) -> None:
+        self.manifest = manifest
+        self.dimensions = dimensions
+        self.result = result
+        self.path = path
+        self.seen: set[str] = set()
+
+    def vectors(self, path: Path) -> Iterator[tuple[str, bytes, str]]:
+        for lineno, obj, problem in _iter_lines(path):
+            self.result.lines += 1
+            if obj is None:
+                log.warning("%s line %d skipped: %s", path, lineno, problem)
+                continue
+            cid = obj.get("custom_id")
+            keys = self.manifest.get(cid) if isinstance(cid, str) else None
+            if keys is None or cid in self.seen:
+                self.result.unknown_custom_ids += 1
+                log.warning("%s line %d: unknown or repeated custom_id %r", path, lineno, cid)
+                continue
+            assert isinstance(cid, str)
+            self.seen.add(cid)
+            yield from self._line(obj, cid, keys, lineno)
+
+    def _line(
+        self, obj: dict[str, Any], cid: str, keys: list[str], lineno: int
+    ) -> Iterator[tuple[str, bytes, str]]:
+        response = obj.get("response")
+        if not isinstance(response, dict):
+            self.result.failed += _failure(keys, cid, None, obj.get("error"))
+            return
+        status = response.get("status_code")
+        body = response.get("body") if isinstance(response.get("body"), dict) else {}
+        assert isinstance(body, dict)
+        if status != 200:
+            self.result.failed += _failure(keys, cid, status, body.get("error", body))
+            return
+        usage = body.get("usage") or {}
+        self.result.tokens += int(usage.get("prompt_tokens") or 0)
+        got: dict[int, np.ndarray] = {}
+        for item in body.get("data") or []:
+            index = item.get("index")
+            if isinstance(index, int) and 0 <= index < len(keys) and index not in got:
+                got[index] = _decode_embedding(item.get("embedding"))
+        for i, key in enumerate(keys):
+            vec = got.get(i)
+            problem = self._check(vec)
+            if problem is None:
+                assert vec is not None
+                self.result.vectors += 1
+                yield key, vec.astype("<f4", copy=False).tobytes(), cid
+            else:
+                log.warning("%s line %d (%s) input %d: %s", self.path, lineno, cid, i, problem)
+                retry = not problem.startswith("dimension")
+                self.result.failed.append(
+                    FailedInput(key, cid, status, "bad_vector", problem, retry)
+                )
+
+    def _check(self, vec: np.ndarray | None) -> str | None:
+        if vec is None:
+            return "missing from the response"
+        if vec.shape != (self.dimensions,):
+            return (
+                f"dimension {vec.shape[0] if vec.ndim == 1 else vec.shape} != expected "
+                f"{self.dimensions}; check --dimensions and --model"
+            )
+        if not np.isfinite(vec).all():
+            return "non-finite values"
+        return None
+
+
+def load_output(
+    store: RunStore,
+    *,
+    file_name: str,
+    manifest: dict[str, list[str]],
+    output_path: Path | None,
+    error_path: Path | None = None,
+) -> LoadResult:
+    """Load one finished batch file's output and error files into ``store``.
+
+    Every input of the manifest ends up either as a stored vector or in
+    ``result.failed`` (inputs that appear in neither file are failed as retryable).
+    """
+    result = LoadResult()
+    reader = _LineReader(manifest, store.dimensions, result, output_path or Path("-"))
+    for path in (output_path, error_path):
+        if path is None:
+            continue
+        if not path.exists():
+            raise LoadError(
+                f"output file {path} is missing", path=str(path), hint="run `corpusbatch collect`"
+            )
+        reader.path = path
+        store.add_vectors((k, v, cid, file_name) for k, v, cid in reader.vectors(path))
+    failed_keys = {f.key for f in result.failed}
+    for cid, keys in manifest.items():
+        if cid not in reader.seen:
+            result.failed += [
+                FailedInput(k, cid, None, "missing", "no result line for this request", True)
+                for k in keys
+                if k not in failed_keys
+            ]
+    return result
+
+
+# -- publishing -------------------------------------------------------------------
+def table_schema(identity: EmbeddingIdentity, settings_blob: dict[str, Any]) -> pa.Schema:
+    """Arrow schema of the published table; the index identity rides in its metadata."""
+    meta = {"corpusbatch": json.dumps(settings_blob, sort_keys=True)}
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("vector", pa.list_(pa.float32(), identity.dimensions)),
+            pa.field("text", pa.string()),
+            pa.field("source", pa.string()),
+            pa.field("heading", pa.string()),
+            pa.field("start_line", pa.int32()),
+            pa.field("end_line", pa.int32()),
+            pa.field("n_tokens", pa.int32()),
+            pa.field("content_hash", pa.string()),
+            pa.field("custom_id", pa.string()),
+            pa.field("model", pa.string()),
+        ],
+        metadata=meta,
+    )
+
+
+def _arrow_batch(rows: list[tuple[Any, ...]], schema: pa.Schema, model: str) -> pa.RecordBatch:
+    dim = schema.field("vector").type.list_size
+    cols = list(zip(*rows, strict=True))
+    flat = np.frombuffer(b"".join(cols[9]), dtype="<f4")
+    if flat.size != dim * len(rows):
+        raise LoadError("stored vectors have the wrong dimension", hint="run `corpusbatch verify`")
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(flat, type=pa.float32()), dim)
+    arrays = [
+        pa.array(cols[0], pa.string()),
+        vectors,
+        pa.array(cols[7], pa.string()),
+        pa.array(cols[2], pa.string()),
+        pa.array(cols[3], pa.string()),
+        pa.array(cols[4], pa.int32()),
+        pa.array(cols[5], pa.int32()),
+        pa.array(cols[6], pa.int32()),
+        pa.array(cols[8], pa.string()),
+        pa.array(cols[10], pa.string()),
+        pa.array([model] * len(rows), pa.string()),
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+_ROW_SELECT = (
+    "SELECT d.id, d.key, d.source, d.heading, d.start_line, d.end_line, d.n_tokens, d.text,"
+    " d.content_hash, v.vector, v.custom_id FROM desired d JOIN vectors v ON v.key = d.key"
+)
+
+
+def iter_row_batches(
+    store: RunStore,
+    schema: pa.Schema,
+    model: str,
+    ids: set[str] | None = None,
+    batch_rows: int = 8192,
+) -> Iterator[pa.RecordBatch]:
+    """Desired rows that have a vector, as Arrow batches (only ``ids`` if given)."""
+    cur = store.db.execute(_ROW_SELECT + " ORDER BY d.source, d.start_line, d.id")
+    while True:
+        rows = cur.fetchmany(batch_rows)
+        if not rows:
+            return
+        if ids is not None:
+            rows = [r for r in rows if r[0] in ids]
+            if not rows:
+                continue
+        yield _arrow_batch(rows, schema, model)
+
+
+@dataclass
+class PublishResult:
+    """What one publish did to the table."""
+
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    version: int | None = None
+
+
+def diff_against_table(
+    store: RunStore, current: pa.Table | None
+) -> tuple[set[str], set[str], int, int]:
+    """(ids to upsert, ids to delete, n_new, n_unchanged) from desired rows with vectors."""
+    existing: dict[str, tuple[str, int, int]] = {}
+    if current is not None:
+        for rid, heading, start, end in zip(
+            current["id"].to_pylist(),
+            current["heading"].to_pylist(),
+            current["start_line"].to_pylist(),
+            current["end_line"].to_pylist(),
+            strict=True,
+        ):
+            existing[rid] = (heading, start, end)
+    upsert: set[str] = set()
+    wanted: set[str] = set()
+    new = unchanged = 0
+    for rid, heading, start, end in store.db.execute(
+        "SELECT d.id, d.heading, d.start_line, d.end_line FROM desired d"
+        " JOIN vectors v ON v.key = d.key"
+    ):
+        wanted.add(rid)
+        old = existing.get(rid)
+        if old is None:
+            new += 1
+            upsert.add(rid)
+        elif old != (heading, start, end):
+            upsert.add(rid)
+        else:
+            unchanged += 1
+    delete = set(existing) - wanted
+    return upsert, delete, new, unchanged
+
+
+def sql_in(column: str, values: Iterable[str]) -> str:
+    """A SQL ``IN`` filter for hex/identifier-like values (quotes are escaped)."""
+    quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in sorted(values))
+    return f"{column} IN ({quoted})"
+
+
+def _current_rows(table: Any) -> pa.Table:
+    cols = ["id", "heading", "start_line", "end_line"]
+    return table.search().select(cols).limit(None).to_arrow()
+
+
+def publish(
+    db: Any, table_name: str, store: RunStore, schema: pa.Schema, model: str
+) -> PublishResult:
+    """Make the table equal the desired rows that have vectors, in one commit.
+
+    New and changed rows are upserted and stale rows deleted by one ``merge_insert``;
+    nothing is written when nothing changed. Readers see the old or the new table,
+    never a mix.
+    """
+    exists = table_name in _table_names(db)
+    table = db.open_table(table_name) if exists else None
+    current = _current_rows(table) if table is not None else None
+    upsert, delete, new, unchanged = diff_against_table(store, current)
+    result = PublishResult(
+        inserted=new, updated=len(upsert) - new, deleted=len(delete), unchanged=unchanged
+    )
+    if table is None:
+        reader = pa.RecordBatchReader.from_batches(schema, iter_row_batches(store, schema, model))
+        table = db.create_table(table_name, data=reader, schema=schema)
+    elif upsert or delete:
+        reader = pa.RecordBatchReader.from_batches(
+            schema, iter_row_batches(store, schema, model, ids=upsert)
+        )
+        merge = table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
+        if delete:
+            merge = merge.when_not_matched_by_source_delete(sql_in("id", delete))
+        merge.execute(reader)
+    result.version = table.version
+    return result
+
+
+def _table_names(db: Any) -> list[str]:
+    listing = db.list_tables()
+    return list(getattr(listing, "tables", listing))

@@ -1,0 +1,711 @@
+"""The whole job: folder -> chunks -> batch files -> vectors -> published table.
+
+:func:`index` runs the stages in order and can be re-run at any time: every stage is
+keyed by content and recorded on disk, so a second run (after a crash, a ``--no-wait``
+submit, or a night of edits) does only what is left. :func:`search_index` answers a
+question from the published table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from .chunking import Chunker, ChunkerConfig
+from .config import Settings
+from .errors import ConfigError, CostLimitExceeded, IndexNotFound, LockedError
+from .journal import FileRecord, Journal
+from .loading import (
+    LoadResult,
+    PublishResult,
+    RunStore,
+    SourceState,
+    desired_rows,
+    load_output,
+    publish,
+    table_schema,
+)
+from .planning import PlanSummary, plan_files, read_manifest, summarize, waves
+from .sources import list_files, read_document
+from .tokenizers import Tokenizer, get_tokenizer
+from .types import EmbeddingIdentity, EmbedItem, PlannedFile
+
+log = logging.getLogger(__name__)
+
+VECTOR_INDEX_MIN_ROWS = 50_000
+
+
+class Progress(Protocol):
+    """How the library reports progress; the CLI draws bars or log lines from it."""
+
+    def start(self, stage: str, total: int | None = None, unit: str = "it") -> None: ...
+    def advance(self, n: int = 1) -> None: ...
+    def finish(self) -> None: ...
+    def note(self, message: str) -> None: ...
+
+
+class NullProgress:
+    """Progress that reports nothing (the library default)."""
+
+    def start(self, stage: str, total: int | None = None, unit: str = "it") -> None:
+        pass
+
+    def advance(self, n: int = 1) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+    def note(self, message: str) -> None:
+        log.info("%s", message)
+
+
+@dataclass
+class RunReport:
+    """Everything one run did; printed by ``--json``."""
+
+    root: str = ""
+    provider: str = ""
+    model: str = ""
+    documents: int = 0
+    documents_read: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    chunks: int = 0
+    distinct_vectors: int = 0
+    to_embed_inputs: int = 0
+    to_embed_tokens: int = 0
+    files_planned: int = 0
+    estimated_cost_batch: float = 0.0
+    estimated_cost_realtime: float = 0.0
+    waves: int = 0
+    embedded_vectors: int = 0
+    billed_tokens: int = 0
+    retried_inputs: int = 0
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    pending_files: int = 0
+    batch_ids: list[str] = field(default_factory=list)
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    published: bool = False
+    table_version: int | None = None
+    deleted_sources: list[str] = field(default_factory=list)
+    durations: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class IndexPaths:
+    """Where an index keeps its files (see docs/architecture.md)."""
+
+    root: Path
+
+    @property
+    def journal(self) -> Path:
+        return self.root / "state.db"
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store.db"
+
+    @property
+    def lancedb(self) -> Path:
+        return self.root / "lancedb"
+
+    @property
+    def batches(self) -> Path:
+        return self.root / "batches"
+
+    @property
+    def outputs(self) -> Path:
+        return self.root / "outputs"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "lock"
+
+
+@contextlib.contextmanager
+def index_lock(paths: IndexPaths) -> Iterator[None]:
+    """Hold the index directory's lock, or raise :class:`LockedError` at once."""
+    paths.root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockedError(
+                f"another corpusbatch run is using {paths.root}",
+                hint="wait for it to finish (a cron job should just try again later)",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class _Context:
+    """What every stage of one run shares."""
+
+    root: Path
+    settings: Settings
+    paths: IndexPaths
+    identity: EmbeddingIdentity
+    tokenizer: Tokenizer
+    chunker: Chunker
+    store: RunStore
+    journal: Journal
+    report: RunReport
+    progress: Progress
+
+    @property
+    def fingerprint(self) -> str:
+        return f"{self.identity.fingerprint()}:{self.chunker.config.fingerprint()}"
+
+    def table_meta(self) -> dict[str, Any]:
+        return {
+            "model": self.identity.model,
+            "dimensions": self.identity.dimensions,
+            "request_dimensions": self.identity.request_dimensions,
+            "input_prefix": self.identity.input_prefix,
+            "chunker": self.chunker.config.fingerprint(),
+            "provider": self.settings.provider,
+        }
+
+
+def resolve_identity(settings: Settings) -> EmbeddingIdentity:
+    """The embedding identity the settings describe."""
+    spec = settings.model_spec()
+    if settings.dimensions is not None and not spec.supports_dimensions:
+        raise ConfigError(
+            f"model {spec.name} does not accept --dimensions",
+            hint="drop --dimensions or use a text-embedding-3 model",
+        )
+    dims = settings.dimensions or spec.dimensions
+    if dims <= 0:
+        raise ConfigError(
+            f"the vector size of model {spec.name!r} is unknown",
+            hint="pass --dimensions with the model's vector length",
+        )
+    return EmbeddingIdentity(
+        model=spec.name,
+        dimensions=dims,
+        request_dimensions=settings.dimensions,
+        input_prefix=settings.input_prefix,
+    )
+
+
+def _open_context(root: Path, settings: Settings, progress: Progress) -> _Context:
+    spec = settings.model_spec()
+    identity = resolve_identity(settings)
+    tokenizer = get_tokenizer(spec.tokenizer)
+    budget = settings.effective_chunk_tokens()
+    if identity.input_prefix:
+        budget -= tokenizer.count(identity.input_prefix) + 1
+    chunker = Chunker(
+        tokenizer, ChunkerConfig(max_tokens=budget, overlap_tokens=settings.overlap_tokens)
+    )
+    paths = IndexPaths(settings.index_dir)
+    report = RunReport(root=str(root), provider=settings.provider, model=identity.model)
+    return _Context(
+        root=root,
+        settings=settings,
+        paths=paths,
+        identity=identity,
+        tokenizer=tokenizer,
+        chunker=chunker,
+        store=RunStore(paths.store, identity.dimensions),
+        journal=Journal(paths.journal),
+        report=report,
+        progress=progress,
+    )
+
+
+# -- stage 1: scan sources into desired rows -----------------------------------------
+def _scan(ctx: _Context, *, full_scan: bool = False) -> None:
+    """Bring the desired rows up to date with the folder, re-chunking changed files only."""
+    report, progress, store = ctx.report, ctx.progress, ctx.store
+
+    def on_skip(rel: str, reason: str) -> None:
+        report.skipped.append({"path": rel, "reason": reason})
+
+    files = list_files(ctx.root, ctx.settings.include, ctx.settings.exclude, on_skip=on_skip)
+    root = ctx.root.resolve()
+    seen: set[str] = set()
+    progress.start("reading", total=len(files), unit="file")
+    with store.transaction():
+        for path in files:
+            rel = path.relative_to(root).as_posix() if path.is_absolute() else path.as_posix()
+            if _scan_one(ctx, path, rel, full_scan, on_skip):
+                seen.add(rel)
+            progress.advance()
+        report.deleted_sources = store.drop_sources(seen)
+    progress.finish()
+    report.documents = len(seen)
+    report.chunks = store.count("desired")
+
+
+def _scan_one(
+    ctx: _Context, path: Path, rel: str, full_scan: bool, on_skip: Callable[[str, str], None]
+) -> bool:
+    """Update one source's rows; returns whether it is part of the corpus now."""
+    store, fp = ctx.store, ctx.fingerprint
+    try:
+        st = path.stat()
+    except OSError as exc:
+        on_skip(rel, f"cannot stat ({exc.strerror})")
+        return False
+    prev = store.source_state(rel)
+    same_fp = prev is not None and prev.fingerprint == fp
+    if (
+        same_fp
+        and not full_scan
+        and prev is not None
+        and (prev.size, prev.mtime_ns) == (st.st_size, st.st_mtime_ns)
+    ):
+        return True
+    doc = read_document(ctx.root, path, on_skip=on_skip)
+    ctx.report.documents_read += 1
+    if doc is None:
+        return False
+    state = SourceState(doc.sha256, st.st_size, st.st_mtime_ns, fp)
+    if same_fp and prev is not None and prev.sha256 == doc.sha256:
+        store.put_source(rel, state, None)
+        return True
+    chunks = ctx.chunker.chunk(doc)
+    store.put_source(rel, state, desired_rows(chunks, ctx.identity, {}))
+    return True
+
+
+# -- stage 2: plan what is missing ---------------------------------------------------
+def _pending_keys(journal: Journal) -> set[str]:
+    keys: set[str] = set()
+    for record in journal.pending():
+        path = Path(record.manifest_path)
+        if path.exists():
+            for ks in read_manifest(path).values():
+                keys.update(ks)
+    return keys
+
+
+def _embed_items(ctx: _Context, rows: Iterator[tuple[str, str, int]]) -> Iterator[EmbedItem]:
+    prefix = ctx.identity.input_prefix
+    for key, text, n_tokens in rows:
+        if prefix:
+            n_tokens = ctx.tokenizer.count(prefix + text)
+        yield EmbedItem(key=key, text=prefix + text, n_tokens=n_tokens)
+
+
+def _plan(ctx: _Context, items: Iterator[EmbedItem], plan_id: str) -> list[PlannedFile]:
+    return list(
+        plan_files(
+            items,
+            out_dir=ctx.paths.batches,
+            plan_id=plan_id,
+            model=ctx.identity.model,
+            limits=ctx.settings.profile().limits,
+            request_dimensions=ctx.identity.request_dimensions,
+        )
+    )
+
+
+def _journal_files(
+    ctx: _Context,
+    files: list[PlannedFile],
+    plan_id: str,
+    attempt: int = 0,
+    parent: str | None = None,
+) -> None:
+    for f in files:
+        ctx.journal.add_file(
+            name=f.name,
+            plan=plan_id,
+            path=f.path,
+            manifest_path=f.manifest_path,
+            sha256=f.sha256,
+            model=f.model,
+            n_lines=f.n_lines,
+            n_inputs=f.n_inputs,
+            n_tokens=f.n_tokens,
+            n_bytes=f.n_bytes,
+            attempt=attempt,
+            parent=parent,
+        )
+
+
+def _discard(files: list[PlannedFile]) -> None:
+    for f in files:
+        f.path.unlink(missing_ok=True)
+        f.manifest_path.unlink(missing_ok=True)
+
+
+def plan_missing(ctx: _Context, *, dry_run: bool = False) -> PlanSummary:
+    """Plan batch files for every desired vector that is neither stored nor in flight."""
+    items = _embed_items(ctx, ctx.store.keys_to_embed(_pending_keys(ctx.journal)))
+    plan_id = "p" + time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{os.getpid() % 10000:04d}"
+    ctx.progress.start("planning", unit="file")
+    files = _plan(ctx, items, plan_id)
+    ctx.progress.finish()
+    spec = ctx.settings.model_spec()
+    summary = summarize(files, spec)
+    report = ctx.report
+    report.files_planned = len(files)
+    report.to_embed_inputs = summary.inputs
+    report.to_embed_tokens = summary.tokens
+    report.estimated_cost_batch = summary.cost_batch
+    report.estimated_cost_realtime = summary.cost_realtime
+    report.waves = len(waves(files, ctx.settings.profile().limits)) if files else 0
+    report.distinct_vectors = int(
+        ctx.store.db.execute("SELECT COUNT(DISTINCT key) FROM desired").fetchone()[0]
+    )
+    max_cost = ctx.settings.max_cost
+    if dry_run or (max_cost is not None and summary.cost_batch > max_cost):
+        _discard(files)
+        if not dry_run:
+            raise CostLimitExceeded(
+                f"estimated cost ${summary.cost_batch:.4f} for {summary.tokens:,} tokens is above "
+                f"--max-cost ${max_cost:.4f}; nothing was sent",
+                hint="raise --max-cost or index fewer files",
+            )
+        return summary
+    _journal_files(ctx, files, plan_id)
+    return summary
+
+
+# -- stage 3: run the batch files and load their results -------------------------------
+class _Loader:
+    """The executors' ``on_output``: load a finished file, queue retries, mark loaded."""
+
+    def __init__(self, ctx: _Context) -> None:
+        self.ctx = ctx
+
+    def __call__(self, record: FileRecord) -> None:
+        ctx = self.ctx
+        manifest = read_manifest(Path(record.manifest_path))
+        result = load_output(
+            ctx.store,
+            file_name=record.name,
+            manifest=manifest,
+            output_path=Path(record.output_path) if record.output_path else None,
+            error_path=Path(record.error_path) if record.error_path else None,
+        )
+        self._handle_failures(record, result)
+        ctx.report.embedded_vectors += result.vectors
+        ctx.report.billed_tokens += result.tokens
+        if record.batch_id:
+            ctx.report.batch_ids.append(record.batch_id)
+        ctx.journal.update(record.name, "loaded")
+        ctx.progress.advance(record.n_inputs)
+
+    def _handle_failures(self, record: FileRecord, result: LoadResult) -> None:
+        ctx = self.ctx
+        if not result.failed:
+            return
+        can_retry = record.attempt + 1 < ctx.settings.max_attempts
+        retry = sorted({f.key for f in result.failed if f.retryable and can_retry})
+        permanent = [f for f in result.failed if f.key not in set(retry)]
+        if retry:
+            texts = ctx.store.texts_for(retry)
+            rows = ((k, *texts[k]) for k in retry if k in texts)
+            plan_id = f"{record.name.removesuffix('.jsonl')}-r{record.attempt + 1}"
+            files = _plan(ctx, _embed_items(ctx, rows), plan_id)
+            _journal_files(ctx, files, plan_id, attempt=record.attempt + 1, parent=record.name)
+            ctx.report.retried_inputs += len(retry)
+            log.warning("%s: %d inputs failed and were queued again", record.name, len(retry))
+        if permanent:
+            ctx.store.record_failures(permanent, record.name)
+            log.warning("%s: %d inputs failed for good", record.name, len(permanent))
+
+
+def _executor(ctx: _Context, api_key: str | None) -> Any:
+    if not ctx.settings.profile().remote:
+        from .local import LocalBackend
+
+        return LocalBackend(outputs_dir=ctx.paths.outputs)
+    from .submitting import BatchSubmitter, make_client
+
+    if not api_key:
+        env = ctx.settings.profile().api_key_env or "the API key variable"
+        raise ConfigError(
+            f"provider {ctx.settings.provider!r} needs an API key",
+            hint=f"set {env} (or --api-key-env NAME) in the environment",
+        )
+    return BatchSubmitter(
+        make_client(ctx.settings.profile(), api_key),
+        profile=ctx.settings.profile(),
+        outputs_dir=ctx.paths.outputs,
+        poll_interval=ctx.settings.poll_interval,
+        delete_remote_files=ctx.settings.delete_remote_files,
+    )
+
+
+def _execute(ctx: _Context, api_key: str | None, wait: bool) -> None:
+    pending = ctx.journal.pending()
+    if not pending:
+        return
+    total = sum(r.n_inputs for r in pending)
+    ctx.progress.start("embedding", total=total, unit="input")
+    executor = _executor(ctx, api_key)
+    executor.drive(ctx.journal, wait=wait, on_output=_Loader(ctx))
+    ctx.progress.finish()
+
+
+# -- stage 4: publish ------------------------------------------------------------------
+def _connect(paths: IndexPaths) -> Any:
+    import lancedb
+
+    return lancedb.connect(str(paths.lancedb))
+
+
+def _publish(ctx: _Context) -> PublishResult:
+    db = _connect(ctx.paths)
+    schema = table_schema(ctx.identity, ctx.table_meta())
+    ctx.progress.start("loading", unit="row")
+    result = publish(db, ctx.settings.table, ctx.store, schema, ctx.identity.model)
+    ctx.progress.finish()
+    if result.inserted or result.updated or result.deleted:
+        _maintain(db.open_table(ctx.settings.table))
+    return result
+
+
+def _maintain(table: Any) -> None:
+    """Indexes and compaction after a change, so reads stay fast and versions few."""
+    from lancedb.index import FTS, IvfRq
+
+    indexed = {tuple(i.columns) for i in table.list_indices()}
+    if ("text",) not in indexed:
+        table.create_index("text", config=FTS())
+    rows = table.count_rows()
+    if ("vector",) not in indexed and rows >= VECTOR_INDEX_MIN_ROWS:
+        table.create_index("vector", config=IvfRq(distance_type="cosine"))
+    table.optimize(cleanup_older_than=timedelta(days=1))
+
+
+def _failures_report(ctx: _Context) -> list[dict[str, Any]]:
+    out = []
+    for key, file_name, code, message in ctx.store.failures():
+        for source, start, end in ctx.store.where_used(key):
+            out.append(
+                {
+                    "source": source,
+                    "lines": f"{start}-{end}",
+                    "code": code,
+                    "message": message,
+                    "file": file_name,
+                }
+            )
+    return out
+
+
+def index(
+    root: Path,
+    settings: Settings,
+    *,
+    api_key: str | None = None,
+    wait: bool = True,
+    dry_run: bool = False,
+    full_scan: bool = False,
+    progress: Progress | None = None,
+) -> RunReport:
+    """Index ``root`` into ``settings.table``; safe to re-run at any time.
+
+    Reads the folder (re-chunking only changed files), embeds every chunk whose vector is
+    not stored yet (nothing twice), loads results as each batch file finishes, and then
+    publishes the table in one commit. With ``wait=False`` it submits and returns;
+    a later call collects and publishes. With ``dry_run`` it plans and prices only.
+    ``api_key`` is used only for remote providers and never stored.
+    """
+    progress = progress or NullProgress()
+    t0 = time.monotonic()
+    paths = IndexPaths(settings.index_dir)
+    with index_lock(paths):
+        ctx = _open_context(root, settings, progress)
+        try:
+            return _run(ctx, api_key, wait, dry_run, full_scan, t0)
+        finally:
+            ctx.store.close()
+            ctx.journal.close()
+
+
+def _run(
+    ctx: _Context, api_key: str | None, wait: bool, dry_run: bool, full_scan: bool, t0: float
+) -> RunReport:
+    report = ctx.report
+    _scan(ctx, full_scan=full_scan)
+    t1 = time.monotonic()
+    report.durations["scan"] = round(t1 - t0, 3)
+    plan_missing(ctx, dry_run=dry_run)
+    t2 = time.monotonic()
+    report.durations["plan"] = round(t2 - t1, 3)
+    if dry_run:
+        report.pending_files = len(ctx.journal.pending())
+        return report
+    _execute(ctx, api_key, wait)
+    report.durations["embed"] = round(time.monotonic() - t2, 3)
+    return _finish(ctx, t0)
+
+
+def _finish(ctx: _Context, t0: float) -> RunReport:
+    """Publish if nothing is in flight any more; fill in the report."""
+    report = ctx.report
+    t3 = time.monotonic()
+    report.pending_files = len(ctx.journal.pending())
+    report.failed = _failures_report(ctx)
+    if report.pending_files == 0:
+        result = _publish(ctx)
+        report.published = True
+        report.new, report.changed = result.inserted, result.updated
+        report.deleted, report.unchanged = result.deleted, result.unchanged
+        report.table_version = result.version
+    report.durations["publish"] = round(time.monotonic() - t3, 3)
+    report.durations["total"] = round(time.monotonic() - t0, 3)
+    return report
+
+
+def open_table(settings: Settings) -> Any:
+    """Open the published table, or raise :class:`IndexNotFound` with what to do."""
+    paths = IndexPaths(settings.index_dir)
+    if not paths.lancedb.exists():
+        raise IndexNotFound(
+            f"no index in {paths.root}",
+            hint="run `corpusbatch index DIR` first, or pass --index-dir",
+        )
+    db = _connect(paths)
+    try:
+        return db.open_table(settings.table)
+    except (FileNotFoundError, ValueError) as exc:
+        raise IndexNotFound(
+            f"table {settings.table!r} not found in {paths.lancedb}",
+            hint="run `corpusbatch index DIR` to completion first",
+        ) from exc
+
+
+def table_identity(table: Any) -> dict[str, Any]:
+    """The identity recorded in a published table's metadata."""
+    meta = table.schema.metadata or {}
+    raw = meta.get(b"corpusbatch")
+    return dict(json.loads(raw)) if raw else {}
+
+
+def search_index(
+    question: str,
+    settings: Settings,
+    *,
+    k: int = 5,
+    mode: str = "vector",
+    where: str | None = None,
+    api_key: str | None = None,
+) -> list[Any]:
+    """Answer ``question`` from the published table with the model that built it."""
+    from .search import search
+
+    table = open_table(settings)
+    ident = table_identity(table)
+    model = ident.get("model") or settings.model_spec().name
+    embed = _query_embedder(settings, ident, model, api_key)
+    return list(search(table, question, embed=embed, k=k, mode=mode, where=where))
+
+
+def _query_embedder(
+    settings: Settings, ident: dict[str, Any], model: str, api_key: str | None
+) -> Callable[[list[str]], Any]:
+    prefix = str(ident.get("input_prefix") or "")
+    if ident.get("provider", settings.provider) == "local" or not settings.profile().remote:
+        from .local import LocalBackend
+
+        backend = LocalBackend()
+        return lambda texts: backend.embed([prefix + t for t in texts])
+    from .submitting import RemoteEmbedder, make_client
+
+    if not api_key:
+        raise ConfigError(
+            f"searching a table built with {model} needs the provider's API key",
+            hint=f"set {settings.profile().api_key_env} and pass --provider",
+        )
+    remote = RemoteEmbedder(
+        make_client(settings.profile(), api_key), model, ident.get("request_dimensions")
+    )
+    return lambda texts: remote.embed([prefix + t for t in texts])
+
+
+def collect(
+    settings: Settings,
+    *,
+    api_key: str | None = None,
+    wait: bool = True,
+    progress: Progress | None = None,
+) -> RunReport:
+    """Run and load what is in flight, then publish; the sources are not read."""
+    progress = progress or NullProgress()
+    t0 = time.monotonic()
+    paths = IndexPaths(settings.index_dir)
+    if not paths.journal.exists():
+        raise IndexNotFound(f"no index in {paths.root}", hint="run `corpusbatch index DIR` first")
+    with index_lock(paths):
+        ctx = _open_context(Path("."), settings, progress)
+        try:
+            ctx.report.chunks = ctx.store.count("desired")
+            _execute(ctx, api_key, wait)
+            return _finish(ctx, t0)
+        finally:
+            ctx.store.close()
+            ctx.journal.close()
+
+
+def batch_status(settings: Settings, *, api_key: str | None = None) -> list[dict[str, Any]]:
+    """Every journal file not yet loaded, with live provider status when a key is given."""
+    paths = IndexPaths(settings.index_dir)
+    if not paths.journal.exists():
+        return []
+    with Journal(paths.journal) as journal:
+        if api_key and settings.profile().remote:
+            from .submitting import make_client, status
+
+            client = make_client(settings.profile(), api_key)
+            return [
+                s.to_dict() if hasattr(s, "to_dict") else asdict(s) for s in status(journal, client)
+            ]
+        now = time.time()
+        return [
+            {
+                "file": r.name,
+                "state": r.state,
+                "batch_id": r.batch_id,
+                "batch_status": r.batch_status,
+                "inputs": r.n_inputs,
+                "tokens": r.n_tokens,
+                "age_s": round(now - r.created_at),
+                "error": r.error,
+            }
+            for r in journal.pending()
+        ]
+
+
+def cancel_batches(settings: Settings, *, api_key: str | None = None) -> list[str]:
+    """Ask the provider to cancel every in-flight batch; returns their ids."""
+    profile = settings.profile()
+    if not profile.remote:
+        raise ConfigError(
+            "the local backend has nothing to cancel",
+            hint="pass the --provider the batches were sent to",
+        )
+    if not api_key:
+        raise ConfigError(f"cancelling needs the API key in {profile.api_key_env}")
+    from .submitting import cancel, make_client
+
+    with Journal(IndexPaths(settings.index_dir).journal) as journal:
+        return list(cancel(journal, make_client(profile, api_key)))

@@ -1,0 +1,187 @@
+"""Loading: output-line checks, both error shapes, and one-commit publishing."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import lancedb
+import numpy as np
+import pytest
+
+from corpusbatch.loading import (
+    RunStore,
+    SourceState,
+    desired_rows,
+    load_output,
+    publish,
+    table_schema,
+)
+from corpusbatch.types import Chunk, EmbeddingIdentity
+
+DIM = 8
+IDENT = EmbeddingIdentity(model="m", dimensions=DIM)
+
+
+def vec(seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def ok_line(cid: str, vectors: list[np.ndarray], b64: bool = True) -> dict[str, Any]:
+    data = [
+        {
+            "object": "embedding",
+            "index": i,
+            "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode()
+            if b64
+            else v.tolist(),
+        }
+        for i, v in enumerate(vectors)
+    ]
+    return {
+        "id": f"batch_req_{cid}",
+        "custom_id": cid,
+        "response": {
+            "status_code": 200,
+            "request_id": "r",
+            "body": {
+                "object": "list",
+                "data": data[::-1],
+                "model": "m",
+                "usage": {"prompt_tokens": 7, "total_tokens": 7},
+            },
+        },
+        "error": None,
+    }
+
+
+def write_jsonl(path: Path, lines: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines) + "\n")
+    return path
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> RunStore:
+    s = RunStore(tmp_path / "store.db", DIM)
+    yield s
+    s.close()
+
+
+def test_good_lines_in_any_order_load_every_vector(store: RunStore, tmp_path: Path) -> None:
+    manifest = {"c1": ["k1", "k2"], "c2": ["k3"]}
+    out = write_jsonl(
+        tmp_path / "out.jsonl",
+        [ok_line("c2", [vec(3)], b64=False), ok_line("c1", [vec(1), vec(2)])],
+    )
+    res = load_output(store, file_name="f", manifest=manifest, output_path=out)
+    assert (res.vectors, res.failed, res.tokens) == (3, [], 14)
+    stored = dict(store.db.execute("SELECT key, vector FROM vectors").fetchall())
+    for key, seed in (("k1", 1), ("k2", 2), ("k3", 3)):
+        np.testing.assert_array_equal(np.frombuffer(stored[key], "<f4"), vec(seed))
+
+
+def test_both_error_shapes_and_missing_lines_are_failures(store: RunStore, tmp_path: Path) -> None:
+    manifest = {"ok": ["a"], "bad": ["b1", "b2"], "expired": ["c"], "lost": ["d"]}
+    out = write_jsonl(tmp_path / "out.jsonl", [ok_line("ok", [vec(1)])])
+    err = write_jsonl(
+        tmp_path / "err.jsonl",
+        [
+            {
+                "custom_id": "bad",
+                "response": {
+                    "status_code": 400,
+                    "request_id": "x",
+                    "body": {
+                        "error": {
+                            "message": "too many tokens",
+                            "type": "invalid_request_error",
+                            "param": None,
+                            "code": None,
+                        }
+                    },
+                },
+                "error": None,
+            },
+            {
+                "custom_id": "expired",
+                "response": None,
+                "error": {"code": "batch_expired", "message": "window expired"},
+            },
+        ],
+    )
+    res = load_output(store, file_name="f", manifest=manifest, output_path=out, error_path=err)
+    by_key = {f.key: f for f in res.failed}
+    assert set(by_key) == {"b1", "b2", "c", "d"}
+    assert not by_key["b1"].retryable and by_key["b1"].status_code == 400
+    assert by_key["c"].retryable and by_key["c"].code == "batch_expired"
+    assert by_key["d"].retryable and by_key["d"].code == "missing"
+    assert store.count("vectors") == 1
+
+
+def test_bad_vectors_and_unknown_ids_are_rejected(store: RunStore, tmp_path: Path) -> None:
+    manifest = {"c": ["k1", "k2", "k3"]}
+    short = np.ones(DIM - 1, np.float32)
+    nan = vec(1).copy()
+    nan[0] = np.nan
+    line = ok_line("c", [vec(0), short, nan])
+    out = write_jsonl(tmp_path / "out.jsonl", [line, ok_line("stranger", [vec(2)]), line])
+    (tmp_path / "out.jsonl").open("a").write("{not json\n")
+    res = load_output(store, file_name="f", manifest=manifest, output_path=out)
+    assert res.vectors == 1
+    reasons = {f.key: f for f in res.failed}
+    assert "dimension" in reasons["k2"].message and not reasons["k2"].retryable
+    assert "non-finite" in reasons["k3"].message and reasons["k3"].retryable
+    assert res.unknown_custom_ids == 2  # the stranger and the repeated line
+
+
+def test_loading_twice_stores_each_vector_once(store: RunStore, tmp_path: Path) -> None:
+    out = write_jsonl(tmp_path / "out.jsonl", [ok_line("c", [vec(1)])])
+    for _ in range(2):
+        load_output(store, file_name="f", manifest={"c": ["k"]}, output_path=out)
+    assert store.count("vectors") == 1
+
+
+def chunk(source: str, text: str, line: int) -> Chunk:
+    return Chunk(source, text, 0, len(text), line, line, ("H",), 3)
+
+
+def fill(store: RunStore, docs: dict[str, list[tuple[str, int]]]) -> None:
+    with store.transaction():
+        for source, parts in docs.items():
+            rows = list(desired_rows([chunk(source, t, n) for t, n in parts], IDENT, {}))
+            store.put_source(source, SourceState("x", 1, 1, "fp"), rows)
+        store.drop_sources(set(docs))
+    keys = [r[0] for r in store.db.execute("SELECT DISTINCT key FROM desired")]
+    store.add_vectors((k, vec(i).tobytes(), "cid", "f") for i, k in enumerate(keys))
+
+
+def test_publish_creates_updates_deletes_and_skips_no_change(
+    store: RunStore, tmp_path: Path
+) -> None:
+    db = lancedb.connect(str(tmp_path / "db"))
+    schema = table_schema(IDENT, {"model": "m"})
+    fill(store, {"a.md": [("alpha", 1), ("beta", 5)], "b.md": [("alpha", 1)]})
+    first = publish(db, "chunks", store, schema, "m")
+    assert (first.inserted, first.deleted) == (3, 0)
+    table = db.open_table("chunks")
+    assert table.count_rows() == 3
+    again = publish(db, "chunks", store, schema, "m")
+    assert (again.inserted, again.updated, again.deleted, again.unchanged) == (0, 0, 0, 3)
+    assert again.version == first.version  # nothing written
+
+    # beta moves down a line (metadata change), b.md disappears, gamma appears
+    fill(store, {"a.md": [("alpha", 1), ("beta", 6), ("gamma", 9)]})
+    third = publish(db, "chunks", store, schema, "m")
+    assert (third.inserted, third.updated, third.deleted, third.unchanged) == (1, 1, 1, 1)
+    assert third.version == first.version + 1  # one commit
+    rows = db.open_table("chunks").to_arrow().to_pylist()
+    assert sorted((r["source"], r["text"], r["start_line"]) for r in rows) == [
+        ("a.md", "alpha", 1),
+        ("a.md", "beta", 6),
+        ("a.md", "gamma", 9),
+    ]
+    assert len({r["id"] for r in rows}) == 3
+    assert all(len(r["vector"]) == DIM for r in rows)
