@@ -366,18 +366,18 @@ def plan_missing(ctx: _Context, *, dry_run: bool = False) -> PlanSummary:
     report.files_planned = len(files)
     report.to_embed_inputs = summary.inputs
     report.to_embed_tokens = summary.tokens
-    report.estimated_cost_batch = summary.cost_batch
-    report.estimated_cost_realtime = summary.cost_realtime
+    report.estimated_cost_batch = summary.batch_cost
+    report.estimated_cost_realtime = summary.realtime_cost
     report.waves = len(waves(files, ctx.settings.profile().limits)) if files else 0
     report.distinct_vectors = int(
         ctx.store.db.execute("SELECT COUNT(DISTINCT key) FROM desired").fetchone()[0]
     )
     max_cost = ctx.settings.max_cost
-    if dry_run or (max_cost is not None and summary.cost_batch > max_cost):
+    if dry_run or (max_cost is not None and summary.batch_cost > max_cost):
         _discard(files)
         if not dry_run:
             raise CostLimitExceeded(
-                f"estimated cost ${summary.cost_batch:.4f} for {summary.tokens:,} tokens is above "
+                f"estimated cost ${summary.batch_cost:.4f} for {summary.tokens:,} tokens is above "
                 f"--max-cost ${max_cost:.4f}; nothing was sent",
                 hint="raise --max-cost or index fewer files",
             )
@@ -390,8 +390,9 @@ def plan_missing(ctx: _Context, *, dry_run: bool = False) -> PlanSummary:
 class _Loader:
     """The executors' ``on_output``: load a finished file, queue retries, mark loaded."""
 
-    def __init__(self, ctx: _Context) -> None:
+    def __init__(self, ctx: _Context, *, advance: bool) -> None:
         self.ctx = ctx
+        self.advance = advance  # the local backend reports progress per input itself
 
     def __call__(self, record: FileRecord) -> None:
         ctx = self.ctx
@@ -409,7 +410,8 @@ class _Loader:
         if record.batch_id:
             ctx.report.batch_ids.append(record.batch_id)
         ctx.journal.update(record.name, "loaded")
-        ctx.progress.advance(record.n_inputs)
+        if self.advance:
+            ctx.progress.advance(record.n_inputs)
 
     def _handle_failures(self, record: FileRecord, result: LoadResult) -> None:
         ctx = self.ctx
@@ -431,11 +433,26 @@ class _Loader:
             log.warning("%s: %d inputs failed for good", record.name, len(permanent))
 
 
-def _executor(ctx: _Context, api_key: str | None) -> Any:
-    if not ctx.settings.profile().remote:
-        from .local import LocalBackend
+def _drive_local(ctx: _Context, wait: bool) -> None:
+    from .local import LocalBackend
 
-        return LocalBackend(outputs_dir=ctx.paths.outputs)
+    LocalBackend().drive(
+        ctx.journal,
+        wait=wait,
+        outputs_dir=ctx.paths.outputs,
+        on_output=_Loader(ctx, advance=False),
+        progress=ctx.progress.advance,
+    )
+
+
+def _drive_remote(ctx: _Context, api_key: str | None, wait: bool) -> None:
+    submitter = _submitter(ctx, api_key)
+    submitter.drive(
+        ctx.journal, wait=wait, on_output=_Loader(ctx, advance=True), progress=ctx.progress.note
+    )
+
+
+def _submitter(ctx: _Context, api_key: str | None) -> Any:
     from .submitting import BatchSubmitter, make_client
 
     if not api_key:
@@ -459,8 +476,10 @@ def _execute(ctx: _Context, api_key: str | None, wait: bool) -> None:
         return
     total = sum(r.n_inputs for r in pending)
     ctx.progress.start("embedding", total=total, unit="input")
-    executor = _executor(ctx, api_key)
-    executor.drive(ctx.journal, wait=wait, on_output=_Loader(ctx))
+    if ctx.settings.profile().remote:
+        _drive_remote(ctx, api_key, wait)
+    else:
+        _drive_local(ctx, wait)
     ctx.progress.finish()
 
 

@@ -1,0 +1,35 @@
+"""Repository-level promises: the README's commands, CI, the public API."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import corpusbatch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def readme_commands() -> list[str]:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    return re.findall(r"```bash\n(.+?)\n```", text)[:2]
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    _run, test = readme_commands()
+    ci_lines = (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert test in ci_lines
+    assert "pytest" in test and "[local,dev]" in test
+
+
+def test_readme_first_command_indexes_the_sample_corpus_then_searches() -> None:
+    run, _ = readme_commands()
+    assert "corpusbatch index sample_corpus" in run and "corpusbatch search" in run
+    assert "torch==2.13.0" in run
+
+
+def test_public_api_is_declared_once_and_importable() -> None:
+    names = corpusbatch.__all__
+    assert len(set(names)) == len(names)
+    for name in names:
+        assert getattr(corpusbatch, name) is not None
