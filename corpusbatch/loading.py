@@ -571,20 +571,24 @@ def publish(
     """Make the table equal the desired rows that have vectors, in one commit.
 
     New and changed rows are upserted and stale rows deleted by one ``merge_insert``;
-    nothing is written when nothing changed. Readers see the old or the new table,
-    never a mix.
+    nothing is written when nothing changed. If the table was built with another index
+    identity (model, dimensions, prefix, chunker; kept in the schema metadata) it is
+    replaced whole by one overwrite commit, so vectors of two models never mix. Readers
+    see the old or the new table, never a mix.
     """
-    exists = table_name in _table_names(db)
-    table = db.open_table(table_name) if exists else None
-    current = _current_rows(table) if table is not None else None
-    upsert, delete, new, unchanged = diff_against_table(store, current)
+    table = db.open_table(table_name) if _table_exists(db, table_name) else None
+    if table is not None and _identity_of(table.schema) != _identity_of(schema):
+        log.warning("index identity changed: rebuilding table %r in one commit", table_name)
+        result = _create(db, table_name, store, schema, model, overwrite=True)
+        result.deleted = table.count_rows()
+        return result
+    if table is None:
+        return _create(db, table_name, store, schema, model, overwrite=False)
+    upsert, delete, new, unchanged = diff_against_table(store, _current_rows(table))
     result = PublishResult(
         inserted=new, updated=len(upsert) - new, deleted=len(delete), unchanged=unchanged
     )
-    if table is None:
-        reader = pa.RecordBatchReader.from_batches(schema, iter_row_batches(store, schema, model))
-        table = db.create_table(table_name, data=reader, schema=schema)
-    elif upsert or delete:
+    if upsert or delete:
         reader = pa.RecordBatchReader.from_batches(
             schema, iter_row_batches(store, schema, model, ids=upsert)
         )
@@ -596,6 +600,27 @@ def publish(
     return result
 
 
-def _table_names(db: Any) -> list[str]:
-    listing = db.list_tables()
-    return list(getattr(listing, "tables", listing))
+def _create(
+    db: Any, name: str, store: RunStore, schema: pa.Schema, model: str, *, overwrite: bool
+) -> PublishResult:
+    reader = pa.RecordBatchReader.from_batches(schema, iter_row_batches(store, schema, model))
+    table = db.create_table(
+        name, data=reader, schema=schema, mode="overwrite" if overwrite else "create"
+    )
+    return PublishResult(inserted=table.count_rows(), version=table.version)
+
+
+def _identity_of(schema: pa.Schema) -> str | None:
+    meta = schema.metadata or {}
+    raw = meta.get(b"corpusbatch")
+    return raw.decode() if raw else None
+
+
+def _table_exists(db: Any, name: str) -> bool:
+    try:
+        db.open_table(name)
+    except (FileNotFoundError, ValueError):
+        return False
+    return True
+
+

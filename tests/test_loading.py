@@ -185,3 +185,29 @@ def test_publish_creates_updates_deletes_and_skips_no_change(
     ]
     assert len({r["id"] for r in rows}) == 3
     assert all(len(r["vector"]) == DIM for r in rows)
+
+
+def test_identity_change_rebuilds_the_table_in_one_commit(tmp_path: Path) -> None:
+    db = lancedb.connect(str(tmp_path / "db"))
+    old = RunStore(tmp_path / "old.db", DIM)
+    fill(old, {"a.md": [("alpha", 1), ("beta", 2)]})
+    first = publish(db, "chunks", old, table_schema(IDENT, {"model": "m"}), "m")
+
+    ident2 = EmbeddingIdentity(model="m2", dimensions=4)
+    new = RunStore(tmp_path / "new.db", 4)
+    with new.transaction():
+        rows = list(desired_rows([chunk("a.md", "alpha", 1)], ident2, {}))
+        new.put_source("a.md", SourceState("x", 1, 1, "fp2"), rows)
+    new.add_vectors([(rows[0][1], np.ones(4, np.float32).tobytes(), "c", "f")])
+    result = publish(db, "chunks", new, table_schema(ident2, {"model": "m2"}), "m2")
+
+    assert (result.inserted, result.deleted) == (1, 2)
+    table = db.open_table("chunks")
+    assert table.version == first.version + 1
+    got = table.to_arrow().to_pylist()
+    assert [(r["model"], len(r["vector"])) for r in got] == [("m2", 4)]
+    old_rows = db.open_table("chunks")  # the previous version is still readable
+    old_rows.checkout(first.version)
+    assert {len(r["vector"]) for r in old_rows.to_arrow().to_pylist()} == {DIM}
+    old.close()
+    new.close()
