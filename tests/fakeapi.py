@@ -200,6 +200,7 @@ class FakeBatchAPI:
         self.expire_next: list[int] = []  # next batches expire keeping N lines done
         self.cancel_keep = 0  # lines a cancelled batch finishes before it stops
         self.accept_output_expires_after = True
+        self.valid_keys: set[str] | None = None  # None: any bearer token is accepted
         self._kills: dict[str, list[int]] = {}  # point -> [pid, hits left]
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
@@ -212,7 +213,9 @@ class FakeBatchAPI:
         return f"http://{host!s}:{port}/v1"
 
     def start(self) -> FakeBatchAPI:
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
         self._thread.start()
         return self
 
@@ -276,6 +279,7 @@ class FakeBatchAPI:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out in separate writes
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -301,8 +305,11 @@ class FakeBatchAPI:
         with self._lock:
             self.requests[key] += 1
         try:
-            if not req.headers.get("Authorization", "").startswith("Bearer "):
-                raise _HTTPError(401, "missing API key", "invalid_api_key")
+            auth = req.headers.get("Authorization", "")
+            if not auth.startswith("Bearer ") or (
+                self.valid_keys is not None and auth[7:] not in self.valid_keys
+            ):
+                raise _HTTPError(401, "Incorrect API key provided", "invalid_api_key")
             if parts[:1] != ["v1"]:
                 raise _HTTPError(404, f"no route {url.path}")
             self._route(req, method, parts[1:], query, body)

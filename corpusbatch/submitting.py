@@ -1,0 +1,893 @@
+"""Run batch files through any OpenAI-compatible Batch API, resumably and never twice.
+
+:class:`BatchSubmitter` is the remote executor: ``drive(journal, wait=..., on_output=...)``
+moves every pending journal file through::
+
+    planned -> uploading -> uploaded -> creating -> created -> finished -> downloaded
+            -> (on_output) loaded
+
+``uploading`` and ``creating`` are intents, committed *before* the network call. A
+crash, a dropped connection or a 5xx answer after the call leaves the intent behind, and
+the next attempt looks the upload up by file name and size, or the batch up by its
+metadata, before it would call again. Batch creation is sent without SDK retries: the
+OpenAI API has no idempotency key, so a blind retry could create (and bill) a second
+batch.
+
+Files are sent in queue waves: the tokens and request lines of our batches in the
+provider's queue never exceed ``profile.limits.max_enqueued_tokens/requests``. A batch
+the provider still fails with ``token_limit_exceeded`` (the queue is shared with other
+work) is not a data error: its uploaded file is kept and the batch is created again once
+capacity frees up.
+
+What differs between providers (upload purpose, status names, create options, error
+line shapes) lives in :class:`ProviderAdapter`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import numpy as np
+import openai
+
+from .config import Profile
+from .errors import BackendError
+from .journal import FileRecord, Journal
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+IN_FLIGHT = ("creating", "created")  # states whose batch may sit in the provider's queue
+TERMINAL_STATUSES = ("completed", "expired", "cancelled")  # have output and/or error files
+RETRYABLE_LINE_CODES = frozenset(
+    {"batch_expired", "batch_cancelled", "request_timeout", "rate_limit_exceeded", "server_error"}
+)
+
+
+# -- provider differences ---------------------------------------------------------------
+@dataclass(frozen=True)
+class LineResult:
+    """One output- or error-file line, whichever shape the provider used."""
+
+    custom_id: str | None
+    ok: bool
+    body: dict[str, Any] | None  # the /v1/embeddings response body when ok
+    status_code: int | None
+    code: str | None
+    message: str | None
+    retryable: bool
+
+
+class ProviderAdapter:
+    """How one provider's Batch API differs from OpenAI's. The default *is* OpenAI's.
+
+    DeepInfra and other clones that copy OpenAI's shapes use this class as is; a provider
+    with another line shape or status spelling subclasses it and overrides a method, with
+    no change to the planner or the loader.
+    """
+
+    name = "openai"
+    upload_purpose = "batch"
+    endpoint = "/v1/embeddings"
+    completion_window = "24h"
+    supports_output_expiry = True  # accepts `output_expires_after` on batch create
+    capacity_codes = frozenset({"token_limit_exceeded", "request_limit_exceeded"})
+    # provider status (lower-cased) -> corpusbatch's canonical status
+    statuses: Mapping[str, str] = {
+        s: s
+        for s in (
+            "validating",
+            "in_progress",
+            "finalizing",
+            "completed",
+            "failed",
+            "expired",
+            "cancelling",
+            "cancelled",
+        )
+    }
+
+    def status(self, raw: str | None) -> str:
+        """Canonical status name for a provider's status string."""
+        key = (raw or "").lower()
+        return self.statuses.get(key, key)
+
+    def create_kwargs(
+        self, *, input_file_id: str, metadata: dict[str, str], output_expires_after: int | None
+    ) -> dict[str, Any]:
+        """Keyword arguments for ``client.batches.create``."""
+        kwargs: dict[str, Any] = {
+            "input_file_id": input_file_id,
+            "endpoint": self.endpoint,
+            "completion_window": self.completion_window,
+            "metadata": metadata,
+        }
+        if output_expires_after and self.supports_output_expiry:
+            kwargs["output_expires_after"] = {
+                "anchor": "created_at",
+                "seconds": output_expires_after,
+            }
+        return kwargs
+
+    def batch_errors(self, batch: Any) -> list[tuple[str | None, str | None, int | None]]:
+        """``(code, message, line)`` of a failed batch's validation errors."""
+        errors = getattr(batch, "errors", None)
+        data = getattr(errors, "data", None) or []
+        return [(e.code, e.message, e.line) for e in data]
+
+    def is_capacity_failure(self, batch: Any) -> bool:
+        """Did the batch fail only because the provider's queue was full?"""
+        return any(code in self.capacity_codes for code, _, _ in self.batch_errors(batch))
+
+    def parse_line(self, obj: Mapping[str, Any]) -> LineResult:
+        """Classify one output/error line (both of OpenAI's error shapes)."""
+        cid = obj.get("custom_id")
+        response = obj.get("response")
+        error = obj.get("error")
+        if isinstance(response, Mapping) and not error:
+            status = response.get("status_code")
+            body = response.get("body")
+            if status == 200 and isinstance(body, Mapping):
+                return LineResult(cid, True, dict(body), 200, None, None, False)
+            err = body.get("error") if isinstance(body, Mapping) else None
+            err = err if isinstance(err, Mapping) else {}
+            retryable = isinstance(status, int) and (status == 429 or status >= 500)
+            return LineResult(
+                cid, False, None, status, err.get("code"), err.get("message"), retryable
+            )
+        err = error if isinstance(error, Mapping) else {}
+        code = err.get("code")
+        return LineResult(
+            cid, False, None, None, code, err.get("message"), code in RETRYABLE_LINE_CODES
+        )
+
+
+def adapter_for(profile: Profile) -> ProviderAdapter:
+    """The adapter for a provider profile (OpenAI's shapes unless known otherwise)."""
+    return ProviderAdapter()
+
+
+def make_client(profile: Profile, api_key: str, *, timeout: float = 600.0) -> openai.OpenAI:
+    """An OpenAI SDK client for ``profile``; the key lives only in this object."""
+    return openai.OpenAI(
+        api_key=api_key,
+        base_url=profile.base_url or DEFAULT_BASE_URL,
+        timeout=timeout,
+        max_retries=2,
+    )
+
+
+# -- error classification ---------------------------------------------------------------
+def _transient(exc: BaseException) -> bool:
+    """A failure worth trying again later: connection trouble, 429, 5xx."""
+    if isinstance(exc, openai.APIConnectionError | httpx2.HTTPError):
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code == 429 or exc.status_code >= 500
+    return False
+
+
+def _fatal_auth(exc: BaseException) -> BackendError | None:
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        return BackendError(
+            f"the provider refused the API key ({exc.status_code})",
+            hint="check the key in the provider's environment variable and its permissions",
+        )
+    return None
+
+
+# -- the executor -------------------------------------------------------------------------
+@dataclass
+class _Round:
+    """What one pass over the journal did."""
+
+    changed: bool = False
+    loaded: int = 0
+
+
+class BatchSubmitter:
+    """The remote executor: runs journal files through a provider's Batch API."""
+
+    def __init__(
+        self,
+        client: openai.OpenAI,
+        *,
+        profile: Profile,
+        outputs_dir: Path,
+        poll_interval: float = 30.0,
+        delete_remote_files: bool = True,
+        output_expires_after: int | None = 7 * 24 * 3600,
+        adapter: ProviderAdapter | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+        download_attempts: int = 5,
+        list_pages: int = 20,
+    ) -> None:
+        self.client = client
+        # Never retry a POST that creates something billable: reconcile instead.
+        self._once = client.with_options(max_retries=0)
+        self.profile = profile
+        self.outputs_dir = outputs_dir
+        self.poll_interval = poll_interval
+        self.delete_remote_files = delete_remote_files
+        self.output_expires_after = output_expires_after
+        self.adapter = adapter or adapter_for(profile)
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self.download_attempts = download_attempts
+        self.list_pages = list_pages
+        self._hold_until = 0.0  # no new batches before this (provider queue full)
+        self._capacity_failures = 0
+        self._emit: Callable[[str], None] = lambda _msg: None
+
+    # -- main loop ------------------------------------------------------------------------
+    def drive(
+        self,
+        journal: Journal,
+        *,
+        wait: bool,
+        on_output: Callable[[FileRecord], None],
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        """Advance every pending file; load each one through ``on_output`` as it finishes.
+
+        With ``wait=True`` returns when nothing is pending. With ``wait=False`` does one
+        pass (submit what the queue allows, collect what already finished) and returns.
+        Raises :class:`BackendError` only for problems a retry cannot fix (bad API key);
+        per-file failures end in the journal as ``failed`` with the provider's message.
+        """
+        self._emit = progress or (lambda _msg: None)
+        delay = self._min_delay()
+        while True:
+            step = self._round(journal, on_output)
+            if not wait or not journal.pending():
+                return
+            delay = self._min_delay() if step.changed else min(self.poll_interval, delay * 2)
+            self._sleep(delay * (0.5 + 0.5 * self._rng.random()))
+
+    def _min_delay(self) -> float:
+        return self.poll_interval / 16
+
+    def _round(self, journal: Journal, on_output: Callable[[FileRecord], None]) -> _Round:
+        step = _Round()
+        self._reconcile_uploads(journal, step)
+        self._collect(journal, on_output, step)
+        self._cleanup(journal)
+        self._submit(journal, step)
+        return step
+
+    # -- upload ---------------------------------------------------------------------------
+    def _upload(self, journal: Journal, rec: FileRecord, step: _Round) -> bool:
+        """Upload one planned file; False if it must wait for a later round."""
+        path = Path(rec.path)
+        if not self._check_local(journal, rec, path):
+            step.changed = True
+            return True
+        journal.update(rec.name, "uploading")
+        try:
+            with path.open("rb") as fh:
+                # Some clones use another purpose string ("batch-api"); the SDK's Literal
+                # type lists OpenAI's only.
+                purpose: Any = self.adapter.upload_purpose
+                obj = self._once.files.create(file=(rec.name, fh), purpose=purpose)
+        except openai.APIError as exc:
+            return self._upload_failed(journal, rec, exc)
+        journal.update(rec.name, "uploaded", input_file_id=obj.id)
+        self._emit(f"{rec.name}: uploaded as {obj.id}")
+        step.changed = True
+        return True
+
+    def _check_local(self, journal: Journal, rec: FileRecord, path: Path) -> bool:
+        """The planned file is on disk and unchanged; otherwise fail it."""
+        try:
+            digest = _sha256(path)
+        except OSError as exc:
+            journal.update(rec.name, "failed", error=f"cannot read batch file {path}: {exc}")
+            return False
+        if digest != rec.sha256:
+            journal.update(
+                rec.name,
+                "failed",
+                error=f"batch file {path} changed since it was planned; run index again to "
+                "re-plan it",
+            )
+            return False
+        return True
+
+    def _upload_failed(self, journal: Journal, rec: FileRecord, exc: openai.APIError) -> bool:
+        fatal = _fatal_auth(exc)
+        if fatal:
+            raise fatal from exc
+        if _transient(exc):
+            # The file may have arrived anyway: stay in `uploading` and reconcile next round.
+            log.warning("%s: upload did not complete (%s); will check and retry", rec.name, exc)
+            return False
+        journal.update(rec.name, "failed", error=f"upload rejected: {_describe(exc)}")
+        return True
+
+    def _reconcile_uploads(self, journal: Journal, step: _Round) -> None:
+        """Files left in ``uploading``: adopt the upload if it arrived, else plan it again."""
+        stuck = journal.files(states=("uploading",))
+        if not stuck:
+            return
+        try:
+            found = self._uploaded_files({r.name for r in stuck})
+        except openai.APIError as exc:
+            self._raise_if_fatal(exc)
+            log.warning("cannot list uploaded files yet (%s)", exc)
+            return
+        for rec in stuck:
+            match = found.get((rec.name, rec.n_bytes))
+            if match:
+                journal.update(rec.name, "uploaded", input_file_id=match)
+                self._emit(f"{rec.name}: found earlier upload {match}")
+            else:
+                journal.update(rec.name, "planned")
+            step.changed = True
+
+    def _uploaded_files(self, names: set[str]) -> dict[tuple[str, int], str]:
+        found: dict[tuple[str, int], str] = {}
+        page = self.client.files.list(purpose=self.adapter.upload_purpose)
+        for n, obj in enumerate(_pages(page)):
+            if n >= self.list_pages * 10_000:
+                break
+            if obj.filename in names:
+                found.setdefault((obj.filename, obj.bytes), obj.id)
+        return found
+
+    # -- create ---------------------------------------------------------------------------
+    def _submit(self, journal: Journal, step: _Round) -> None:
+        """Upload and create batches while the queue caps allow, oldest files first."""
+        candidates = journal.files(states=("creating", "uploaded", "planned"))
+        if not candidates:
+            return
+        index: dict[tuple[str, ...], Any] | None = None
+        tokens, requests = self._enqueued(journal)
+        now = self._clock()
+        for rec in candidates:
+            if rec.state != "creating" and (now < self._hold_until or now < (rec.not_before or 0)):
+                continue
+            if rec.state != "creating":
+                verdict = self._fits(rec, tokens, requests)
+                if verdict == "fail":
+                    self._fail_oversize(journal, rec)
+                    step.changed = True
+                    continue
+                if verdict == "wait":
+                    break  # keep file order; later files go out as earlier ones finish
+            if rec.state == "planned":
+                if not self._upload(journal, rec, step):
+                    return
+                rec = journal.get(rec.name) or rec
+                if rec.state != "uploaded":
+                    continue
+            if index is None:
+                index = self._remote_batches(journal)
+                if index is None:
+                    return  # cannot tell what exists: create nothing this round
+            if rec.state != "creating":
+                tokens, requests = tokens + rec.n_tokens, requests + rec.n_lines
+            if not self._create(journal, rec, index, step):
+                return
+
+    def _enqueued(self, journal: Journal) -> tuple[int, int]:
+        flying = journal.files(states=IN_FLIGHT)
+        return sum(r.n_tokens for r in flying), sum(r.n_lines for r in flying)
+
+    def _fits(self, rec: FileRecord, tokens: int, requests: int) -> str:
+        """Whether a file may go now: ``go``, ``wait`` (queue full) or ``fail`` (never fits)."""
+        limits = self.profile.limits
+        caps = (
+            (limits.max_enqueued_tokens, tokens, rec.n_tokens),
+            (limits.max_enqueued_requests, requests, rec.n_lines),
+        )
+        for cap, used, need in caps:
+            if cap is not None and used + need > cap:
+                return "fail" if need > cap else "wait"
+        return "go"
+
+    def _fail_oversize(self, journal: Journal, rec: FileRecord) -> None:
+        limits = self.profile.limits
+        journal.update(
+            rec.name,
+            "failed",
+            error=f"{rec.n_tokens:,} tokens / {rec.n_lines:,} requests exceed the provider's "
+            f"enqueued limit ({limits.max_enqueued_tokens} tokens, "
+            f"{limits.max_enqueued_requests} requests); lower max_tokens_per_file or raise "
+            "max_enqueued_tokens in corpusbatch.toml, then run index again",
+        )
+
+    def _metadata(self, rec: FileRecord) -> dict[str, str]:
+        return {
+            "corpusbatch_file": rec.name[:512],
+            "corpusbatch_sha256": rec.sha256[:32],
+            "corpusbatch_plan": rec.plan[:512],
+            "corpusbatch_seq": str(rec.create_seq),
+        }
+
+    def _remote_batches(self, journal: Journal) -> dict[tuple[str, ...], Any] | None:
+        """Recent provider batches by their corpusbatch metadata (newest wins)."""
+        pending = journal.files(states=("creating", "uploaded", "planned"))
+        oldest = min((r.created_at for r in pending), default=self._clock()) - 86_400
+        found: dict[tuple[str, ...], Any] = {}
+        try:
+            page = self.client.batches.list(limit=100)
+            for n, batch in enumerate(_pages(page)):
+                if n >= self.list_pages * 100 or (batch.created_at or 0) < oldest:
+                    break
+                key = _meta_key(batch.metadata or {})
+                if key:
+                    found.setdefault(key, batch)
+        except openai.APIError as exc:
+            self._raise_if_fatal(exc)
+            log.warning("cannot list batches to reconcile (%s); will retry", exc)
+            return None
+        return found
+
+    def _create(
+        self, journal: Journal, rec: FileRecord, index: dict[tuple[str, ...], Any], step: _Round
+    ) -> bool:
+        """Adopt or create the batch for one uploaded file; False stops this round."""
+        meta = self._metadata(rec)
+        existing = index.get(_meta_key(meta) or ())
+        if existing is not None:
+            self._created(journal, rec, existing, adopted=True)
+            step.changed = True
+            return True
+        assert rec.input_file_id is not None, rec.name
+        journal.update(rec.name, "creating")
+        kwargs = self.adapter.create_kwargs(
+            input_file_id=rec.input_file_id,
+            metadata=meta,
+            output_expires_after=self.output_expires_after,
+        )
+        try:
+            batch = self._once.batches.create(**kwargs)
+        except openai.APIError as exc:
+            return self._create_failed(journal, rec, exc, step)
+        self._created(journal, rec, batch, adopted=False)
+        step.changed = True
+        return True
+
+    def _created(self, journal: Journal, rec: FileRecord, batch: Any, *, adopted: bool) -> None:
+        journal.update(
+            rec.name,
+            "created",
+            batch_id=batch.id,
+            batch_status=self.adapter.status(batch.status),
+            submitted_at=float(batch.created_at or self._clock()),
+            not_before=None,
+        )
+        verb = "adopted existing" if adopted else "created"
+        self._emit(f"{rec.name}: {verb} batch {batch.id}")
+
+    def _create_failed(
+        self, journal: Journal, rec: FileRecord, exc: openai.APIError, step: _Round
+    ) -> bool:
+        self._raise_if_fatal(exc)
+        if _transient(exc):
+            # A 5xx or a dropped connection may come after the batch was made: stay in
+            # `creating`; the next round lists batches before it would create again.
+            log.warning("%s: batch create unconfirmed (%s); will reconcile", rec.name, exc)
+            return False
+        if self._input_missing(rec):
+            journal.update(rec.name, "planned", input_file_id=None)
+            log.warning(
+                "%s: uploaded file %s is gone; uploading again", rec.name, rec.input_file_id
+            )
+        else:
+            journal.update(rec.name, "failed", error=f"batch create rejected: {_describe(exc)}")
+        step.changed = True
+        return True
+
+    def _input_missing(self, rec: FileRecord) -> bool:
+        try:
+            self.client.files.retrieve(rec.input_file_id or "")
+        except openai.NotFoundError:
+            return True
+        except openai.APIError:
+            return False
+        return False
+
+    # -- poll, download, load ---------------------------------------------------------------
+    def _collect(
+        self, journal: Journal, on_output: Callable[[FileRecord], None], step: _Round
+    ) -> None:
+        """Finish what a crash interrupted, then poll each batch and load it when done."""
+        for rec in journal.files(states=("finished", "downloaded")):
+            self._finish_file(journal, rec, on_output, step)
+        for rec in journal.files(states=("created",)):
+            batch = self._poll(journal, rec, step)
+            if batch is None:
+                continue
+            status = self.adapter.status(batch.status)
+            if status in TERMINAL_STATUSES:
+                journal.update(
+                    rec.name,
+                    "finished",
+                    batch_status=status,
+                    output_file_id=batch.output_file_id,
+                    error_file_id=batch.error_file_id,
+                )
+                self._emit(f"{rec.name}: batch {batch.id} {status} {_counts_text(batch)}")
+                self._hold_until = 0.0  # our queue share shrank: try waiting files again
+                self._finish_file(journal, journal.get(rec.name) or rec, on_output, step)
+            elif status == "failed":
+                self._batch_failed(journal, rec, batch)
+                step.changed = True
+
+    def _poll(self, journal: Journal, rec: FileRecord, step: _Round) -> Any | None:
+        assert rec.batch_id is not None, rec.name
+        try:
+            batch = self.client.batches.retrieve(rec.batch_id)
+        except openai.NotFoundError:
+            # The provider lost the batch (it happens): make a fresh one from the same file.
+            log.warning("%s: batch %s vanished; creating it again", rec.name, rec.batch_id)
+            journal.update(
+                rec.name,
+                "uploaded",
+                batch_id=None,
+                batch_status=None,
+                create_seq=rec.create_seq + 1,
+            )
+            step.changed = True
+            return None
+        except openai.APIError as exc:
+            self._raise_if_fatal(exc)
+            log.info("%s: poll failed (%s); will retry", rec.name, exc)
+            return None
+        status = self.adapter.status(batch.status)
+        counts = _counts_json(batch)
+        if status != rec.batch_status or counts != rec.request_counts:
+            journal.update(rec.name, batch_status=status, request_counts=counts)
+        return batch
+
+    def _batch_failed(self, journal: Journal, rec: FileRecord, batch: Any) -> None:
+        if self.adapter.is_capacity_failure(batch):
+            self._capacity_failures += 1
+            wait = min(self.poll_interval * 2**self._capacity_failures, 20 * self.poll_interval)
+            self._hold_until = self._clock() + wait
+            journal.update(
+                rec.name,
+                "uploaded",
+                batch_id=None,
+                batch_status=None,
+                create_seq=rec.create_seq + 1,
+                not_before=self._hold_until,
+            )
+            self._emit(f"{rec.name}: provider queue full; will create the batch again later")
+            return
+        errors = self.adapter.batch_errors(batch) or [(None, "no error details given", None)]
+        text = "; ".join(
+            f"{code or 'error'}{f' at line {line}' if line else ''}: {msg}"
+            for code, msg, line in errors
+        )
+        journal.update(
+            rec.name, "failed", batch_status="failed", error=f"batch {batch.id} failed: {text}"
+        )
+        self._emit(f"{rec.name}: batch {batch.id} failed: {text}")
+
+    def _finish_file(
+        self,
+        journal: Journal,
+        rec: FileRecord,
+        on_output: Callable[[FileRecord], None],
+        step: _Round,
+    ) -> None:
+        if rec.state == "finished" and not self._download(journal, rec):
+            return
+        rec = journal.get(rec.name) or rec
+        if rec.state != "downloaded":
+            return
+        on_output(rec)
+        after = journal.get(rec.name)
+        if after is not None and after.state == "downloaded":
+            raise BackendError(
+                f"on_output did not mark {rec.name} loaded or failed", file_name=rec.name
+            )
+        step.changed = True
+        step.loaded += 1
+        if after is not None and after.state == "loaded":
+            self._delete_remote(journal, after)
+
+    def _download(self, journal: Journal, rec: FileRecord) -> bool:
+        """Fetch output and error files to disk; False if it must wait for a later round."""
+        stem = rec.name.removesuffix(".jsonl")
+        paths: dict[str, str | None] = {"output_path": None, "error_path": None}
+        wanted = (
+            ("output_path", "output", rec.output_file_id),
+            ("error_path", "errors", rec.error_file_id),
+        )
+        for field, kind, file_id in wanted:
+            if file_id is None:
+                continue
+            dest = self.outputs_dir / f"{stem}.{rec.batch_id}.{kind}.jsonl"
+            try:
+                self._fetch(file_id, dest)
+            except openai.NotFoundError:
+                journal.update(
+                    rec.name,
+                    "failed",
+                    error=f"{kind} file {file_id} of batch {rec.batch_id} expired or was "
+                    "deleted before download; run index again to re-embed its chunks",
+                )
+                return False
+            except (openai.APIError, httpx2.HTTPError, OSError) as exc:
+                self._raise_if_fatal(exc)
+                log.warning("%s: download of %s failed (%s); will retry", rec.name, file_id, exc)
+                return False
+            paths[field] = str(dest)
+        journal.update(rec.name, "downloaded", **paths)
+        self._emit(f"{rec.name}: downloaded results of batch {rec.batch_id}")
+        return True
+
+    def _fetch(self, file_id: str, dest: Path) -> None:
+        """Stream one provider file to ``dest`` (via ``.part``), retrying dropped transfers."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        part = dest.with_name(dest.name + ".part")
+        for attempt in range(1, self.download_attempts + 1):
+            try:
+                self._fetch_once(file_id, part)
+                break
+            except (openai.APIError, httpx2.HTTPError, _Incomplete) as exc:
+                if not (_transient(exc) or isinstance(exc, _Incomplete)):
+                    raise
+                if attempt == self.download_attempts:
+                    raise
+                log.info("download of %s interrupted (%s); retrying", file_id, exc)
+                self._sleep(min(self.poll_interval, 0.5 * 2**attempt) * self._rng.random())
+        os.replace(part, dest)
+        _fsync_dir(dest.parent)
+
+    def _fetch_once(self, file_id: str, part: Path) -> None:
+        with self.client.files.with_streaming_response.content(file_id) as resp:
+            expected = resp.headers.get("content-length")
+            written = 0
+            with part.open("wb") as fh:
+                for chunk in resp.iter_bytes(1 << 20):
+                    fh.write(chunk)
+                    written += len(chunk)
+                fh.flush()
+                os.fsync(fh.fileno())
+        if expected is not None and written != int(expected):
+            raise _Incomplete(f"got {written} of {expected} bytes")
+
+    # -- cleanup ----------------------------------------------------------------------------
+    def _cleanup(self, journal: Journal) -> None:
+        """Delete provider files of loaded batches that a crash left behind."""
+        if not self.delete_remote_files:
+            return
+        for rec in journal.files(states=("loaded",)):
+            if not rec.remote_deleted and (rec.input_file_id or rec.output_file_id):
+                self._delete_remote(journal, rec)
+
+    def _delete_remote(self, journal: Journal, rec: FileRecord) -> None:
+        if not self.delete_remote_files:
+            return
+        ids = [i for i in (rec.input_file_id, rec.output_file_id, rec.error_file_id) if i]
+        if not ids:
+            return
+        for file_id in ids:
+            try:
+                self.client.files.delete(file_id)
+            except openai.NotFoundError:
+                pass  # already gone (expired, or deleted before a crash)
+            except openai.APIError as exc:
+                self._raise_if_fatal(exc)
+                log.info("%s: could not delete %s yet (%s)", rec.name, file_id, exc)
+                return
+        journal.update(rec.name, remote_deleted=1)
+
+    def _raise_if_fatal(self, exc: BaseException) -> None:
+        fatal = _fatal_auth(exc)
+        if fatal:
+            raise fatal from exc
+
+
+class _Incomplete(Exception):
+    """A download ended before Content-Length bytes arrived."""
+
+
+# -- status and cancel for the CLI ------------------------------------------------------------
+@dataclass(frozen=True)
+class BatchStatus:
+    """Where one journal file stands, for ``corpusbatch status``."""
+
+    file: str
+    state: str
+    batch_id: str | None
+    batch_status: str | None
+    request_counts: dict[str, int] | None
+    age_s: float
+    waiting_to_load: bool
+    inputs: int
+    tokens: int
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def status(
+    journal: Journal,
+    client: openai.OpenAI,
+    *,
+    include_loaded: bool = False,
+    adapter: ProviderAdapter | None = None,
+    clock: Callable[[], float] = time.time,
+) -> list[BatchStatus]:
+    """Every file not yet loaded (optionally all), with live status of in-flight batches.
+
+    The provider is asked only about batches in the ``created`` state; if it cannot be
+    reached the last status recorded in the journal is shown instead.
+    """
+    adapter = adapter or ProviderAdapter()
+    now = clock()
+    out = []
+    for rec in journal.files():
+        if rec.state == "loaded" and not include_loaded:
+            continue
+        batch_status, counts = rec.batch_status, _parse_counts(rec.request_counts)
+        if rec.state == "created" and rec.batch_id:
+            try:
+                batch = client.batches.retrieve(rec.batch_id)
+                batch_status = adapter.status(batch.status)
+                counts = _parse_counts(_counts_json(batch))
+            except openai.APIError as exc:
+                log.info("status of %s unavailable (%s)", rec.batch_id, exc)
+        out.append(
+            BatchStatus(
+                file=rec.name,
+                state=rec.state,
+                batch_id=rec.batch_id,
+                batch_status=batch_status,
+                request_counts=counts,
+                age_s=round(now - (rec.submitted_at or rec.created_at), 1),
+                waiting_to_load=rec.state in ("finished", "downloaded")
+                or (rec.state == "created" and batch_status in TERMINAL_STATUSES),
+                inputs=rec.n_inputs,
+                tokens=rec.n_tokens,
+                error=rec.error,
+            )
+        )
+    return out
+
+
+def cancel(journal: Journal, client: openai.OpenAI) -> list[str]:
+    """Ask the provider to cancel every batch of ours still in its queue; returns their ids.
+
+    Cancelled batches keep their finished lines: the next ``index`` run downloads them,
+    loads what was done and plans the rest again.
+    """
+    cancelled = []
+    for rec in journal.files(states=("created",)):
+        if not rec.batch_id:
+            continue
+        try:
+            batch = client.batches.cancel(rec.batch_id)
+        except (openai.BadRequestError, openai.NotFoundError, openai.ConflictError) as exc:
+            log.info("%s: not cancelled (%s)", rec.batch_id, _describe(exc))
+            continue
+        journal.update(rec.name, batch_status=batch.status)
+        cancelled.append(rec.batch_id)
+    return cancelled
+
+
+# -- real-time embeddings for queries ---------------------------------------------------------
+class RemoteEmbedder:
+    """Embed a few texts (search queries) through the real-time ``/v1/embeddings``."""
+
+    def __init__(
+        self,
+        client: openai.OpenAI,
+        model: str,
+        dimensions: int | None = None,
+        *,
+        max_inputs: int = 2_048,
+    ) -> None:
+        self.client = client
+        self.model = model
+        self.dimensions = dimensions
+        self.max_inputs = max_inputs
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors for ``texts``, shape ``(len(texts), dims)``, float32, input order."""
+        rows: list[np.ndarray] = []
+        for start in range(0, len(texts), self.max_inputs):
+            rows.extend(self._embed_some(list(texts[start : start + self.max_inputs])))
+        if not rows:
+            return np.zeros((0, self.dimensions or 0), dtype=np.float32)
+        return np.vstack(rows).astype(np.float32, copy=False)
+
+    def _embed_some(self, texts: list[str]) -> list[np.ndarray]:
+        kwargs: dict[str, Any] = {}
+        if self.dimensions is not None:
+            kwargs["dimensions"] = self.dimensions
+        try:
+            resp = self.client.embeddings.create(
+                model=self.model, input=texts, encoding_format="base64", **kwargs
+            )
+        except openai.APIError as exc:
+            raise BackendError(
+                f"embedding the query with {self.model} failed: {_describe(exc)}",
+                hint="check the provider, model name and API key",
+            ) from exc
+        return [_decode(d.embedding) for d in sorted(resp.data, key=lambda d: d.index)]
+
+
+# -- small helpers -----------------------------------------------------------------------------
+def _decode(embedding: Any) -> np.ndarray:
+    """A vector from base64 (little-endian float32) or a list of floats."""
+    if isinstance(embedding, str):
+        return np.frombuffer(base64.b64decode(embedding), dtype="<f4")
+    return np.asarray(embedding, dtype=np.float32)
+
+
+def _meta_key(meta: Mapping[str, str]) -> tuple[str, ...] | None:
+    keys = ("corpusbatch_file", "corpusbatch_sha256", "corpusbatch_plan", "corpusbatch_seq")
+    if not all(k in meta for k in keys):
+        return None
+    return tuple(meta[k] for k in keys)
+
+
+def _pages(page: Any) -> Iterator[Any]:
+    """Items across cursor pages (the SDK's auto-pagination, made explicit for typing)."""
+    yield from page
+
+
+def _counts_json(batch: Any) -> str | None:
+    counts = getattr(batch, "request_counts", None)
+    if counts is None:
+        return None
+    return json.dumps(
+        {"total": counts.total, "completed": counts.completed, "failed": counts.failed}
+    )
+
+
+def _parse_counts(raw: str | None) -> dict[str, int] | None:
+    return dict(json.loads(raw)) if raw else None
+
+
+def _counts_text(batch: Any) -> str:
+    counts = getattr(batch, "request_counts", None)
+    if counts is None:
+        return ""
+    return f"({counts.completed}/{counts.total} requests done, {counts.failed} failed)"
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, openai.APIStatusError):
+        body = exc.body if isinstance(exc.body, Mapping) else {}
+        err = body.get("error", body) if isinstance(body, Mapping) else {}
+        message = err.get("message") if isinstance(err, Mapping) else None
+        return f"HTTP {exc.status_code}: {message or exc.message}"
+    return str(exc)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
