@@ -1,0 +1,195 @@
+"""Query a published LanceDB table: vector, full-text or hybrid search.
+
+The table has one row per chunk with the columns ``id``, ``vector`` (fixed-size float32
+list), ``text``, ``source``, ``heading``, ``start_line``, ``end_line``, ``n_tokens``,
+``content_hash``, ``custom_id`` and ``model``. Queries are embedded with the same model
+that embedded the chunks; the caller passes that model's ``embed`` function.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from .errors import CorpusbatchError, IndexNotFound
+
+if TYPE_CHECKING:
+    from lancedb.table import Table
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["vector", "fts", "hybrid"]
+MODES: tuple[str, ...] = ("vector", "fts", "hybrid")
+Embed = Callable[[list[str]], np.ndarray]
+
+_COLUMNS = ["id", "text", "source", "heading", "start_line", "end_line"]
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One ranked chunk. ``score`` is higher for better matches.
+
+    The scale depends on the mode: cosine similarity (vector), BM25 (fts) or reciprocal
+    rank fusion (hybrid). Compare scores only within one result list.
+    """
+
+    id: str
+    text: str
+    source: str
+    heading: str
+    start_line: int
+    end_line: int
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict of the hit."""
+        return asdict(self)
+
+
+def search(
+    table: Table,
+    query: str,
+    *,
+    embed: Embed,
+    k: int = 5,
+    mode: str = "vector",
+    where: str | None = None,
+    path_prefix: str | None = None,
+) -> list[Hit]:
+    """Return the ``k`` chunks of ``table`` that best match ``query``, best first.
+
+    ``table`` is a ``lancedb.table.Table``. ``mode`` is ``"vector"`` (cosine similarity of
+    embeddings; ``embed`` turns a list of strings into a float32 matrix), ``"fts"``
+    (full-text BM25 over ``text``) or ``"hybrid"`` (both, fused by reciprocal rank).
+    ``fts`` and ``hybrid`` need a full-text index on ``text``; without one they raise
+    :class:`~corpusbatch.errors.IndexNotFound` rather than silently searching differently.
+    ``where`` is a SQL filter applied before ranking, e.g. ``"source LIKE 'guides/%'"``;
+    ``path_prefix`` keeps only chunks whose ``source`` starts with it. Both may be given.
+    """
+    if mode not in MODES:
+        raise CorpusbatchError(
+            f"unknown search mode {mode!r}", hint=f"use one of {', '.join(MODES)}"
+        )
+    if not query.strip():
+        raise CorpusbatchError("the search query is empty", hint="pass some words to search for")
+    if k < 1:
+        raise CorpusbatchError(f"k must be at least 1, not {k}")
+    filt = _combine_filters(where, path_prefix)
+    if mode != "vector":
+        _require_fts_index(table)
+    if mode == "fts":
+        rows = _fts(table, query, k, filt)
+    else:
+        vector = _query_vector(embed, query)
+        rows = (
+            _vector(table, vector, k, filt)
+            if mode == "vector"
+            else _hybrid(table, query, vector, k, filt)
+        )
+    return [_hit(row, mode) for row in rows[:k]]
+
+
+def sql_string(value: str) -> str:
+    """``value`` as a SQL string literal (single quotes doubled)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _combine_filters(where: str | None, path_prefix: str | None) -> str | None:
+    parts: list[str] = []
+    if where and where.strip():
+        parts.append(f"({where})")
+    if path_prefix:
+        # starts_with, unlike LIKE, treats % and _ in file names literally.
+        parts.append(f"starts_with(source, {sql_string(path_prefix)})")
+    return " AND ".join(parts) or None
+
+
+def _require_fts_index(table: Any) -> None:
+    for index in table.list_indices():
+        if index.index_type == "FTS" and "text" in list(index.columns):
+            return
+    raise IndexNotFound(
+        f"table {table.name!r} has no full-text index on 'text'",
+        hint="use --mode vector, or build the index with "
+        "table.create_index('text', config=lancedb.index.FTS())",
+    )
+
+
+def _query_vector(embed: Embed, query: str) -> np.ndarray:
+    vecs = np.asarray(embed([query]), dtype=np.float32)
+    if vecs.ndim != 2 or vecs.shape[0] != 1:
+        raise CorpusbatchError(f"embed() returned shape {vecs.shape} for one query")
+    vector: np.ndarray = vecs[0]
+    return vector
+
+
+def _run(builder: Any, where: str | None, table: Any) -> list[dict[str, Any]]:
+    if where is not None:
+        builder = builder.where(where, prefilter=True)
+    try:
+        rows: list[dict[str, Any]] = builder.to_list()
+    except (ValueError, RuntimeError) as exc:
+        # Bad filters and column/dimension mismatches surface here as lance errors.
+        raise CorpusbatchError(
+            f"search in table {table.name!r} failed: {exc}",
+            hint="check the --where filter and that the query model matches the table's",
+        ) from exc
+    return rows
+
+
+def _vector(table: Any, vector: np.ndarray, k: int, where: str | None) -> list[dict[str, Any]]:
+    builder = (
+        table.search(vector, query_type="vector", vector_column_name="vector")
+        .distance_type("cosine")
+        .select([*_COLUMNS, "_distance"])
+        .limit(k)
+    )
+    return _run(builder, where, table)
+
+
+def _fts(table: Any, query: str, k: int, where: str | None) -> list[dict[str, Any]]:
+    builder = table.search(query, query_type="fts").select([*_COLUMNS, "_score"]).limit(k)
+    return _run(builder, where, table)
+
+
+def _hybrid(
+    table: Any, query: str, vector: np.ndarray, k: int, where: str | None
+) -> list[dict[str, Any]]:
+    from lancedb.rerankers import RRFReranker
+
+    # No select(): the hybrid builder forwards it to both sub-queries, and neither
+    # _distance nor _score exists in both, so lance would warn on every query.
+    builder = (
+        table.search(query_type="hybrid", vector_column_name="vector")
+        .vector(vector)
+        .text(query)
+        .distance_type("cosine")
+        .rerank(RRFReranker())
+        .limit(k)
+    )
+    return _run(builder, where, table)
+
+
+def _hit(row: dict[str, Any], mode: str) -> Hit:
+    if mode == "vector":
+        score = 1.0 - float(row["_distance"])
+    elif mode == "fts":
+        score = float(row["_score"])
+    else:
+        score = float(row["_relevance_score"])
+    heading = row.get("heading")
+    if isinstance(heading, Sequence) and not isinstance(heading, str):
+        heading = " > ".join(str(h) for h in heading)  # tolerate a list<string> column
+    return Hit(
+        id=str(row["id"]),
+        text=str(row["text"]),
+        source=str(row["source"]),
+        heading=str(heading or ""),
+        start_line=int(row["start_line"]),
+        end_line=int(row["end_line"]),
+        score=score,
+    )
