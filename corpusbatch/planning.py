@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ ENDPOINT = "/v1/embeddings"
 ENCODING_FORMATS = ("base64", "float")
 CUSTOM_ID_PREFIX = "cb-"
 _CUSTOM_ID_HEX = 40
+_PLAN_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _HINT_TOKENS = "lower --chunk-tokens, or raise the limit in corpusbatch.toml ([limits])"
 
 
@@ -236,6 +238,36 @@ def _fsync_dir(path: Path) -> None:
 # --------------------------------------------------------------------------- packing
 
 
+def _check_tokens(item: EmbedItem, caps: _Caps) -> None:
+    where = f"item {item.key!r}"
+    if not item.text:
+        raise PlanningError(f"{where} has empty text", hint="drop empty chunks before planning")
+    if item.n_tokens <= 0:
+        raise PlanningError(
+            f"{where} has n_tokens={item.n_tokens}",
+            hint="count tokens with the model's tokenizer; every input needs at least one",
+        )
+    for name, cap in (
+        ("max_tokens_per_input", caps.tokens_per_input),
+        ("max_tokens_per_request", caps.tokens_per_request),
+        ("max_tokens_per_file (or max_enqueued_tokens)", caps.tokens_per_file),
+    ):
+        if cap is not None and item.n_tokens > cap:
+            raise PlanningError(
+                f"{where} has {item.n_tokens} tokens, above {name}={cap}", hint=_HINT_TOKENS
+            )
+
+
+def _encode_item(item: EmbedItem) -> bytes:
+    try:
+        return _encode_input(item.text)
+    except UnicodeEncodeError as exc:  # lone surrogates cannot be sent as UTF-8
+        raise PlanningError(
+            f"item {item.key!r} text is not valid Unicode ({exc.reason})",
+            hint="re-read the source with the right encoding",
+        ) from exc
+
+
 @dataclass
 class _OpenLine:
     keys: list[str]
@@ -305,41 +337,20 @@ class _Packer:
             self.writer = None
 
     def _validate(self, item: EmbedItem) -> bytes:
-        caps = self.caps
-        where = f"item {item.key!r}"
-        if not item.text:
-            raise PlanningError(f"{where} has empty text", hint="drop empty chunks before planning")
-        if item.n_tokens <= 0:
-            raise PlanningError(
-                f"{where} has n_tokens={item.n_tokens}",
-                hint="count tokens with the model's tokenizer; every input needs at least one",
-            )
-        for name, cap in (
-            ("max_tokens_per_input", caps.tokens_per_input),
-            ("max_tokens_per_request", caps.tokens_per_request),
-            ("max_tokens_per_file (or max_enqueued_tokens)", caps.tokens_per_file),
-        ):
-            if cap is not None and item.n_tokens > cap:
-                raise PlanningError(
-                    f"{where} has {item.n_tokens} tokens, above {name}={cap}", hint=_HINT_TOKENS
-                )
+        """Reject an item no file could hold; returns its JSON-encoded text."""
+        _check_tokens(item, self.caps)
         if item.key in self.plan_keys:
             raise PlanningError(
-                f"{where} appears twice in plan {self.plan_id!r}",
+                f"item {item.key!r} appears twice in plan {self.plan_id!r}",
                 hint="deduplicate items by vector key before planning (this is a bug)",
             )
         self.plan_keys.add(item.key)
-        try:
-            encoded = _encode_input(item.text)
-        except UnicodeEncodeError as exc:
+        encoded = _encode_item(item)
+        size = self.fmt.overhead + len(encoded)
+        if size > self.caps.bytes_per_file:
             raise PlanningError(
-                f"{where} text is not valid Unicode ({exc.reason})",
-                hint="re-read the source with the right encoding",
-            ) from exc
-        if self.fmt.overhead + len(encoded) > caps.bytes_per_file:
-            raise PlanningError(
-                f"{where} needs a {self.fmt.overhead + len(encoded)}-byte request line, above "
-                f"max_bytes_per_file={caps.bytes_per_file}",
+                f"item {item.key!r} needs a {size}-byte request line, above "
+                f"max_bytes_per_file={self.caps.bytes_per_file}",
                 hint="lower --chunk-tokens, or raise max_bytes_per_file in corpusbatch.toml",
             )
         return encoded
@@ -442,6 +453,11 @@ def plan_files(
         )
     if request_dimensions is not None and request_dimensions < 1:
         raise PlanningError(f"dimensions={request_dimensions} must be positive")
+    if not _PLAN_ID_RE.fullmatch(plan_id):
+        raise PlanningError(
+            f"plan_id {plan_id!r} is not usable in a file name",
+            hint="use letters, digits, '.', '_' and '-' only",
+        )
     caps = _caps(limits)
     fmt = _LineFormat.create(model, request_dimensions, encoding_format)
     out_dir.mkdir(parents=True, exist_ok=True)

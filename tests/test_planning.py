@@ -383,7 +383,15 @@ def test_duplicate_key_in_plan(tmp_path: Path, gap: int) -> None:
         plan(dup, tmp_path, limits)
 
 
+def test_lone_surrogate_is_a_planning_error(tmp_path: Path) -> None:
+    with pytest.raises(PlanningError, match=r"ksur.*not valid Unicode"):
+        plan([EmbedItem("ksur", "bad \ud800 text", 2)], tmp_path, WIDE)
+    assert not list(tmp_path.iterdir())
+
+
 def test_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(PlanningError, match="plan_id"):
+        list(plan_files([], out_dir=tmp_path, plan_id="../x", model="m", limits=WIDE))
     with pytest.raises(PlanningError, match="encoding_format"):
         plan(make_items(1), tmp_path, WIDE, encoding_format="binary")
     with pytest.raises(PlanningError, match="max_lines_per_file"):
