@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Sequence
@@ -509,6 +510,18 @@ def _check_greedy(
             file_ok and f.n_lines + 1 <= line_cap and f.n_bytes + alone <= limits.max_bytes_per_file
         )
         assert not fits_line and not fits_new_line, f"{f.name} was closed too early"
+    for f in files:
+        _check_lines_greedy(f, by_key, limits)
+
+
+def _check_lines_greedy(f: PlannedFile, by_key: dict[str, EmbedItem], limits: Limits) -> None:
+    """Within a file, a line is closed only when the next item breaks a per-request limit."""
+    groups = list(read_manifest(f.manifest_path).values())
+    for keys, after in itertools.pairwise(groups):
+        tokens = sum(by_key[k].n_tokens for k in keys) + by_key[after[0]].n_tokens
+        assert (
+            len(keys) + 1 > limits.max_inputs_per_request or tokens > limits.max_tokens_per_request
+        ), f"a line of {f.name} was closed too early"
 
 
 # --------------------------------------------------------------------------- summary, waves
