@@ -41,6 +41,7 @@ def __getattr__(name: str) -> object:
         return getattr(pipeline, name)
     raise AttributeError(f"module 'corpusbatch' has no attribute {name!r}")
 
+
 __all__ = [
     "PROFILES",
     "BackendError",

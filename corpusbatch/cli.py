@@ -256,6 +256,7 @@ def main(ctx: click.Context, debug: bool, verbose: int) -> None:
 @click.pass_context
 def index_cmd(
     ctx: click.Context,
+    /,
     root: Path,
     max_cost: float | None,
     no_wait: bool,
@@ -298,7 +299,7 @@ def index_cmd(
 @_index_options
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.pass_context
-def plan_cmd(ctx: click.Context, root: Path, as_json: bool, **flags: Any) -> None:
+def plan_cmd(ctx: click.Context, /, root: Path, as_json: bool, **flags: Any) -> None:
     """Dry run: show chunks, exact tokens, batch files, waves and cost. Nothing is sent.
 
     \b
@@ -326,7 +327,7 @@ def plan_cmd(ctx: click.Context, root: Path, as_json: bool, **flags: Any) -> Non
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors.")
 @click.pass_context
 def collect_cmd(
-    ctx: click.Context, no_wait: bool, as_json: bool, quiet: bool, **flags: Any
+    ctx: click.Context, /, no_wait: bool, as_json: bool, quiet: bool, **flags: Any
 ) -> None:
     """Load finished batches and publish the table, without re-reading the sources.
 
@@ -368,6 +369,7 @@ def collect_cmd(
 @click.pass_context
 def search_cmd(
     ctx: click.Context,
+    /,
     question: str,
     k: int,
     mode: str,
@@ -421,7 +423,7 @@ def _api_key_for_search(settings: Settings) -> str | None:
 @click.option("--api-key-env", help="Environment variable holding the API key.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.pass_context
-def status_cmd(ctx: click.Context, as_json: bool, **flags: Any) -> None:
+def status_cmd(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
     """Show every batch file not yet loaded: state, batch status, counts, age.
 
     \b
@@ -450,7 +452,7 @@ def status_cmd(ctx: click.Context, as_json: bool, **flags: Any) -> None:
 @click.option("--base-url", help="Base URL of an OpenAI-compatible API.")
 @click.option("--api-key-env", help="Environment variable holding the API key.")
 @click.pass_context
-def cancel_cmd(ctx: click.Context, **flags: Any) -> None:
+def cancel_cmd(ctx: click.Context, /, **flags: Any) -> None:
     """Cancel every in-flight batch. Finished lines are kept and loaded by `collect`.
 
     \b
@@ -463,3 +465,56 @@ def cancel_cmd(ctx: click.Context, **flags: Any) -> None:
     settings = _settings(**flags)
     for batch_id in cancel_batches(settings, api_key=_api_key(settings)):
         click.echo(f"cancelling {batch_id}")
+
+
+@main.command("verify")
+@click.argument(
+    "root", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option("--index-dir", type=click.Path(path_type=Path), help="Where the index lives.")
+@click.option("--table", help="Table name in the index (default chunks).")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Config file.")
+@click.option("--provider", help="Provider the index was built with.")
+@click.option("--model", help="Model the index was built with.")
+@click.option("--dimensions", type=int, help="Dimensions the index was built with.")
+@click.option("--base-url", help="Base URL of an OpenAI-compatible API.")
+@click.option("--api-key-env", help="Environment variable holding the API key.")
+@click.option("--repair", is_flag=True, help="Re-embed and republish only what is wrong.")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@click.pass_context
+def verify_cmd(
+    ctx: click.Context, /, root: Path | None, repair: bool, as_json: bool, **flags: Any
+) -> None:
+    """Compare journal, sources and table; report (and with --repair fix) what is wrong.
+
+    Finds rows missing, duplicated, orphaned, of the wrong dimension, non-finite or
+    zero, and sources changed since the last run. Exits 1 if anything is wrong and
+    was not repaired. ROOT defaults to the folder of the last `index` run.
+
+    \b
+    Examples:
+      corpusbatch verify
+      corpusbatch verify ./docs --repair --json
+    """
+    from .verify import verify
+
+    _setup_logging(ctx.obj["verbose"], as_json)
+    settings = _settings(**flags)
+    found = verify(settings, root, repair=repair, api_key=_api_key(settings))
+    data = found.to_dict()
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        for key, value in data.items():
+            if isinstance(value, list) and value:
+                click.echo(
+                    f"{key}: {len(value)} ({', '.join(map(str, value[:5]))}"
+                    f"{', ...' if len(value) > 5 else ''})"
+                )
+        click.echo(
+            f"rows {found.rows}, expected {found.expected_rows}: "
+            f"{'ok' if found.ok else 'problems found'}"
+            f"{'; repaired' if found.repaired is not None else ''}"
+        )
+    if not found.ok and found.repaired is None:
+        sys.exit(1)

@@ -195,7 +195,8 @@ class Settings:
             unknown = set(self.limits) - {f.name for f in dataclasses.fields(Limits)}
             if unknown:
                 raise ConfigError(f"unknown limit(s) {sorted(unknown)} in config")
-            profile = replace(profile, limits=replace(profile.limits, **self.limits))
+            overrides: dict[str, Any] = dict(self.limits)
+            profile = replace(profile, limits=replace(profile.limits, **overrides))
         return profile
 
     def model_spec(self) -> ModelSpec:

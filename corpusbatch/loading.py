@@ -622,5 +622,3 @@ def _table_exists(db: Any, name: str) -> bool:
     except (FileNotFoundError, ValueError):
         return False
     return True
-
-

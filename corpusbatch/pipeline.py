@@ -254,6 +254,7 @@ def _scan(ctx: _Context, *, full_scan: bool = False) -> None:
                 seen.add(rel)
             progress.advance()
         report.deleted_sources = store.drop_sources(seen)
+        store.set_meta("root", str(root))
     progress.finish()
     report.documents = len(seen)
     report.chunks = store.count("desired")
@@ -497,7 +498,9 @@ def _publish(ctx: _Context) -> PublishResult:
     result = publish(db, ctx.settings.table, ctx.store, schema, ctx.identity.model)
     ctx.progress.finish()
     if result.inserted or result.updated or result.deleted:
-        _maintain(db.open_table(ctx.settings.table))
+        table = db.open_table(ctx.settings.table)
+        _maintain(table)
+        result.version = table.version
     return result
 
 

@@ -1,0 +1,203 @@
+"""``corpusbatch verify``: reconcile journal, sources, stored vectors and the table.
+
+Finds rows that are missing, duplicated, orphaned, of the wrong dimension, non-finite
+or all-zero, rows whose text no longer matches their hash, sources that changed since
+the last scan, and batch files stuck or failed. ``repair`` deletes exactly the damaged
+rows and vectors, then runs :func:`corpusbatch.index`, which re-embeds only those
+vectors and republishes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import Settings
+from .errors import IndexNotFound
+from .journal import Journal
+from .loading import RunStore, sql_in
+from .pipeline import IndexPaths, RunReport, index, index_lock, open_table, resolve_identity
+from .types import content_hash
+
+log = logging.getLogger(__name__)
+
+_COLUMNS = ["id", "vector", "text", "content_hash"]
+
+
+@dataclass
+class VerifyReport:
+    """What verify found (ids of rows, keys of vectors, names of files)."""
+
+    rows: int = 0
+    expected_rows: int = 0
+    missing: list[str] = field(default_factory=list)
+    duplicated: list[str] = field(default_factory=list)
+    orphaned: list[str] = field(default_factory=list)
+    wrong_dimension: list[str] = field(default_factory=list)
+    non_finite: list[str] = field(default_factory=list)
+    zero_vectors: list[str] = field(default_factory=list)
+    text_mismatch: list[str] = field(default_factory=list)
+    bad_stored_vectors: list[str] = field(default_factory=list)
+    sources_changed: list[str] = field(default_factory=list)
+    sources_missing: list[str] = field(default_factory=list)
+    files_failed: list[str] = field(default_factory=list)
+    files_pending: list[str] = field(default_factory=list)
+    repaired: RunReport | None = None
+
+    @property
+    def damaged_rows(self) -> set[str]:
+        return set(
+            self.duplicated
+            + self.wrong_dimension
+            + self.non_finite
+            + self.zero_vectors
+            + self.text_mismatch
+        )
+
+    @property
+    def ok(self) -> bool:
+        problems = (
+            self.missing,
+            self.orphaned,
+            self.bad_stored_vectors,
+            self.sources_changed,
+            self.sources_missing,
+            self.files_failed,
+        )
+        return not self.damaged_rows and not any(problems)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["ok"] = self.ok
+        return out
+
+
+def verify(
+    settings: Settings,
+    root: Path | None = None,
+    *,
+    repair: bool = False,
+    api_key: str | None = None,
+) -> VerifyReport:
+    """Check the index under ``settings``; with ``repair``, fix what is wrong.
+
+    ``root`` is the corpus folder (default: the one the last ``index`` run used).
+    """
+    paths = IndexPaths(settings.index_dir)
+    if not paths.store.exists():
+        raise IndexNotFound(f"no index in {paths.root}", hint="run `corpusbatch index DIR` first")
+    dims = resolve_identity(settings).dimensions
+    report = VerifyReport()
+    with index_lock(paths):
+        store = RunStore(paths.store, dims)
+        try:
+            root = root or _last_root(store)
+            _check_table(settings, store, dims, report)
+            _check_store(store, dims, report)
+            if root is not None:
+                _check_sources(store, root, report)
+            _check_journal(paths, report)
+            if repair:
+                _invalidate(settings, store, report)
+        finally:
+            store.close()
+    if repair and root is not None:
+        report.repaired = index(root, settings, api_key=api_key)
+    return report
+
+
+def _last_root(store: RunStore) -> Path | None:
+    value = store.get_meta("root")
+    return Path(value) if value else None
+
+
+def _check_table(settings: Settings, store: RunStore, dims: int, report: VerifyReport) -> None:
+    try:
+        table = open_table(settings)
+    except IndexNotFound:
+        table = None
+    expected = {
+        rid
+        for (rid,) in store.db.execute("SELECT d.id FROM desired d JOIN vectors v ON v.key = d.key")
+    }
+    report.expected_rows = len(expected)
+    seen: Counter[str] = Counter()
+    if table is not None:
+        reader = table.search().select(_COLUMNS).limit(None).to_batches(8192)
+        for batch in reader:
+            _check_batch(batch.to_pydict(), dims, seen, report)
+    report.rows = sum(seen.values())
+    report.duplicated = sorted(k for k, n in seen.items() if n > 1)
+    report.missing = sorted(expected - set(seen))
+    report.orphaned = sorted(set(seen) - expected)
+
+
+def _check_batch(
+    cols: dict[str, list[Any]], dims: int, seen: Counter[str], report: VerifyReport
+) -> None:
+    for rid, vector, text, chash in zip(
+        cols["id"], cols["vector"], cols["text"], cols["content_hash"], strict=True
+    ):
+        seen[rid] += 1
+        if vector is None or len(vector) != dims:
+            report.wrong_dimension.append(rid)
+            continue
+        arr = np.asarray(vector, dtype=np.float32)
+        if not np.isfinite(arr).all():
+            report.non_finite.append(rid)
+        elif not arr.any():
+            report.zero_vectors.append(rid)
+        if content_hash(text or "") != chash:
+            report.text_mismatch.append(rid)
+
+
+def _check_store(store: RunStore, dims: int, report: VerifyReport) -> None:
+    cur = store.db.execute("SELECT key, vector FROM vectors WHERE key IN (SELECT key FROM desired)")
+    for key, blob in cur:
+        arr = np.frombuffer(blob, dtype="<f4")
+        if arr.shape != (dims,) or not np.isfinite(arr).all() or not arr.any():
+            report.bad_stored_vectors.append(key)
+
+
+def _check_sources(store: RunStore, root: Path, report: VerifyReport) -> None:
+    for source, size, mtime_ns in store.db.execute(
+        "SELECT source, size, mtime_ns FROM sources ORDER BY source"
+    ):
+        try:
+            st = (root / source).stat()
+        except OSError:
+            report.sources_missing.append(source)
+            continue
+        if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
+            report.sources_changed.append(source)
+
+
+def _check_journal(paths: IndexPaths, report: VerifyReport) -> None:
+    if not paths.journal.exists():
+        return
+    with Journal(paths.journal) as journal:
+        for record in journal.files():
+            if record.state == "failed":
+                report.files_failed.append(record.name)
+            elif record.state != "loaded":
+                report.files_pending.append(record.name)
+
+
+def _invalidate(settings: Settings, store: RunStore, report: VerifyReport) -> None:
+    """Delete damaged rows from the table and bad vectors from the store."""
+    damaged = report.damaged_rows
+    keys = set(report.bad_stored_vectors)
+    # A duplicated row's vector is fine; the other kinds may hold a bad vector.
+    for rid in damaged - set(report.duplicated):
+        keys.update(k for (k,) in store.db.execute("SELECT key FROM desired WHERE id = ?", (rid,)))
+    with store.transaction() as db:
+        for key in keys:
+            db.execute("DELETE FROM vectors WHERE key = ?", (key,))
+    if damaged:
+        open_table(settings).delete(sql_in("id", damaged))
+    log.info("repair: dropped %d damaged rows and %d stored vectors", len(damaged), len(keys))
