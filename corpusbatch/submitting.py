@@ -350,24 +350,25 @@ class BatchSubmitter:
 
     # -- create ---------------------------------------------------------------------------
     def _submit(self, journal: Journal, step: _Round) -> None:
-        """Upload and create batches while the queue caps allow, oldest files first."""
-        candidates = journal.files(states=("creating", "uploaded", "planned"))
-        if not candidates:
-            return
+        """Upload and create batches while the queue caps allow, oldest files first.
+
+        Unconfirmed creates (``creating``) come first: they already count against the
+        queue, and each is looked up among the provider's batches before it is retried.
+        """
+        candidates = journal.files(states=("creating",))
+        candidates += journal.files(states=("uploaded", "planned"))
         index: dict[tuple[str, ...], Any] | None = None
         tokens, requests = self._enqueued(journal)
-        now = self._clock()
         for rec in candidates:
-            if rec.state != "creating" and (now < self._hold_until or now < (rec.not_before or 0)):
+            verdict = self._verdict(rec, tokens, requests)
+            if verdict == "skip":
                 continue
-            if rec.state != "creating":
-                verdict = self._fits(rec, tokens, requests)
-                if verdict == "fail":
-                    self._fail_oversize(journal, rec)
-                    step.changed = True
-                    continue
-                if verdict == "wait":
-                    break  # keep file order; later files go out as earlier ones finish
+            if verdict == "wait":
+                break  # keep file order; later files go out as earlier ones finish
+            if verdict == "fail":
+                self._fail_oversize(journal, rec)
+                step.changed = True
+                continue
             if rec.state == "planned":
                 if not self._upload(journal, rec, step):
                     return
@@ -382,6 +383,17 @@ class BatchSubmitter:
                 tokens, requests = tokens + rec.n_tokens, requests + rec.n_lines
             if not self._create(journal, rec, index, step):
                 return
+
+    def _verdict(self, rec: FileRecord, tokens: int, requests: int) -> str:
+        """``go``, ``skip`` (not yet), ``wait`` (queue full) or ``fail`` (never fits)."""
+        now = self._clock()
+        if rec.state == "creating":
+            # Give the provider's batch list time to show a batch that was created
+            # although the answer was lost, before deciding it does not exist.
+            return "skip" if now - rec.updated_at < self.poll_interval else "go"
+        if now < self._hold_until or now < (rec.not_before or 0.0):
+            return "skip"
+        return self._fits(rec, tokens, requests)
 
     def _enqueued(self, journal: Journal) -> tuple[int, int]:
         flying = journal.files(states=IN_FLIGHT)

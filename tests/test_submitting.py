@@ -320,6 +320,35 @@ def test_crash_in_creating_adopts_the_batch(tmp_path: Path, api: FakeBatchAPI) -
     h.assert_exactly_once(texts)
 
 
+def test_reconcile_pages_through_the_batch_list(tmp_path: Path, api: FakeBatchAPI) -> None:
+    h = Harness(tmp_path, api)
+    texts = _texts("pg", 2)
+    name = h.add([texts])
+    rec = h.journal.get(name)
+    assert rec is not None
+    with open(rec.path, "rb") as fh:
+        fid = h.client.files.create(file=(name, fh), purpose="batch").id
+    ours = h.client.batches.create(
+        input_file_id=fid,
+        endpoint="/v1/embeddings",
+        completion_window="24h",
+        metadata=h.submitter._metadata(rec),
+    )
+    other = h.client.files.create(file=("other.jsonl", b'{"x": 1}\n'), purpose="batch")
+    for i in range(130):  # someone else's newer batches push ours to the second page
+        h.client.batches.create(
+            input_file_id=other.id,
+            endpoint="/v1/embeddings",
+            completion_window="24h",
+            metadata={"job": str(i)},
+        )
+    h.journal.update(name, "creating", input_file_id=fid)
+    h.run()
+    assert h.journal.get(name).batch_id == ours.id  # type: ignore[union-attr]
+    assert api.requests["POST /v1/batches"] == 131
+    h.assert_exactly_once(texts)
+
+
 # -- queue waves ----------------------------------------------------------------------------------
 def test_waves_respect_enqueued_token_and_request_caps(tmp_path: Path, api: FakeBatchAPI) -> None:
     h = Harness(tmp_path, api, limits=Limits(max_enqueued_tokens=20, max_enqueued_requests=5))
