@@ -1,0 +1,129 @@
+"""The whole pipeline through the real openai SDK against the loopback fake Batch API.
+
+Checks what matters for money: every chunk ends in the table exactly once with the
+vector the server computed, the server embeds nothing twice (faults included), and a
+nightly re-run sends exactly the chunks that changed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fakeapi import FakeBatchAPI, fake_vector
+
+from corpusbatch import Settings, collect, index, open_table, search_index
+
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_corpus"
+
+
+@pytest.fixture()
+def api() -> FakeBatchAPI:
+    with FakeBatchAPI(default_dims=64) as server:
+        yield server
+
+
+def remote(tmp_path: Path, api: FakeBatchAPI, **kw: object) -> Settings:
+    limits = kw.pop("limits", {"max_inputs_per_file": 40, "max_inputs_per_request": 8})
+    return Settings(
+        index_dir=tmp_path / "idx",
+        provider="openai",
+        base_url=api.base_url,
+        dimensions=64,
+        poll_interval=0.01,
+        limits=limits,  # type: ignore[arg-type]
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def table_rows(settings: Settings) -> list[dict[str, object]]:
+    return open_table(settings).to_arrow().to_pylist()
+
+
+def assert_table_matches_server(settings: Settings, api: FakeBatchAPI) -> None:
+    rows = table_rows(settings)
+    assert len({r["id"] for r in rows}) == len(rows)
+    for r in rows:
+        np.testing.assert_allclose(r["vector"], fake_vector(str(r["text"]), 64), atol=1e-6)
+    assert max(api.processed.values()) == 1  # nothing embedded twice
+
+
+def copy_corpus(dst: Path) -> Path:
+    shutil.copytree(SAMPLE / "guides", dst / "guides")
+    shutil.copytree(SAMPLE / "reference", dst / "reference")
+    return dst
+
+
+def test_sample_corpus_with_faults_lands_every_chunk_once(
+    tmp_path: Path, api: FakeBatchAPI
+) -> None:
+    docs = copy_corpus(tmp_path / "docs")
+    api.create_faults = ["500-after", "429"]
+    api.download_drops = 1
+    api.expire_next = [3]
+    settings = remote(tmp_path, api)
+    report = index(docs, settings, api_key="test-key")
+    assert report.published and not report.failed and report.pending_files == 0
+    assert len(table_rows(settings)) == report.chunks
+    assert_table_matches_server(settings, api)
+    assert sum(api.processed.values()) == report.distinct_vectors
+    assert report.retried_inputs > 0  # the expired batch's unfinished lines went again
+
+
+def test_nightly_rerun_sends_exactly_the_changed_chunks(tmp_path: Path, api: FakeBatchAPI) -> None:
+    docs = copy_corpus(tmp_path / "docs")
+    settings = remote(tmp_path, api)
+    index(docs, settings, api_key="k")
+    before = Counter(api.processed)
+    old_texts = {str(r["text"]) for r in table_rows(settings)}
+
+    path = docs / "guides" / "moka-pot.md"
+    path.write_text(path.read_text() + "\n\n## Night note\n\nRinse the gasket with hot water.\n")
+    (docs / "guides" / "v60.md").rename(docs / "reference" / "v60-moved.md")
+    (docs / "guides" / "siphon.md").unlink()
+    (docs / "guides" / "new.md").write_text("# New\n\nA brand new page about cupping spoons.\n")
+    report = index(docs, settings, api_key="k")
+
+    sent = set((api.processed - before).elements())
+    new_texts = {str(r["text"]) for r in table_rows(settings)}
+    assert sent == new_texts - old_texts  # exactly the chunks that did not exist before
+    assert report.embedded_vectors == len(sent)
+    assert not any(str(r["source"]).startswith("guides/siphon") for r in table_rows(settings))
+    assert_table_matches_server(settings, api)
+
+    quiet = index(docs, settings, api_key="k")
+    assert quiet.files_planned == 0 and api.processed == before + Counter(sent)
+
+
+def test_no_wait_submits_then_collect_publishes(tmp_path: Path, api: FakeBatchAPI) -> None:
+    docs = copy_corpus(tmp_path / "docs")
+    api.auto_advance = False
+    settings = remote(tmp_path, api)
+    first = index(docs, settings, api_key="k", wait=False)
+    assert first.pending_files > 0 and not first.published
+    api.advance_all()
+    done = collect(settings, api_key="k")
+    assert done.published and done.pending_files == 0
+    assert len(table_rows(settings)) == first.chunks
+    assert_table_matches_server(settings, api)
+    hits = search_index("How hot should the water be?", settings, k=2, api_key="k")
+    assert len(hits) == 2  # the query is embedded by the provider, in real time
+
+
+def test_permanent_failures_are_reported_with_source_and_lines(
+    tmp_path: Path, api: FakeBatchAPI
+) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# A\n\nfirst paragraph about grinders\n")
+    api.fail_all_lines = True
+    settings = remote(tmp_path, api)
+    report = index(docs, settings, api_key="k")
+    assert report.failed and report.failed[0]["source"] == "a.md"
+    assert report.failed[0]["lines"] == "1-3"
+    # a failed input is not retried (and paid for) again on the next run
+    again = index(docs, settings, api_key="k")
+    assert again.files_planned == 0
