@@ -232,6 +232,7 @@ class BatchSubmitter:
         self._hold_until = 0.0  # no new batches before this (provider queue full)
         self._capacity_failures = 0
         self._emit: Callable[[str], None] = lambda _msg: None
+        self._swept = False  # provider files of earlier runs' loaded batches cleaned up
 
     # -- main loop ------------------------------------------------------------------------
     def drive(
@@ -250,6 +251,7 @@ class BatchSubmitter:
         per-file failures end in the journal as ``failed`` with the provider's message.
         """
         self._emit = progress or (lambda _msg: None)
+        self._swept = False
         delay = self._min_delay()
         while True:
             step = self._round(journal, on_output)
@@ -326,7 +328,7 @@ class BatchSubmitter:
         try:
             found = self._uploaded_files({r.name for r in stuck})
         except openai.APIError as exc:
-            self._raise_if_fatal(exc)
+            self._raise_unless_transient(exc, "listing uploaded files")
             log.warning("cannot list uploaded files yet (%s)", exc)
             return
         for rec in stuck:
@@ -444,7 +446,7 @@ class BatchSubmitter:
                 if key:
                     found.setdefault(key, batch)
         except openai.APIError as exc:
-            self._raise_if_fatal(exc)
+            self._raise_unless_transient(exc, "listing batches")
             log.warning("cannot list batches to reconcile (%s); will retry", exc)
             return None
         return found
@@ -565,6 +567,8 @@ class BatchSubmitter:
         counts = _counts_json(batch)
         if status != rec.batch_status or counts != rec.request_counts:
             journal.update(rec.name, batch_status=status, request_counts=counts)
+        if status != rec.batch_status and status not in (*TERMINAL_STATUSES, "failed"):
+            self._emit(f"{rec.name}: batch {batch.id} {status} {_counts_text(batch)}".rstrip())
         return batch
 
     def _batch_failed(self, journal: Journal, rec: FileRecord, batch: Any) -> None:
@@ -679,9 +683,10 @@ class BatchSubmitter:
 
     # -- cleanup ----------------------------------------------------------------------------
     def _cleanup(self, journal: Journal) -> None:
-        """Delete provider files of loaded batches that a crash left behind."""
-        if not self.delete_remote_files:
+        """Delete provider files of loaded batches that a crash left behind (once a drive)."""
+        if not self.delete_remote_files or self._swept:
             return
+        self._swept = True
         for rec in journal.files(states=("loaded",)):
             if not rec.remote_deleted and (rec.input_file_id or rec.output_file_id):
                 self._delete_remote(journal, rec)
@@ -698,8 +703,8 @@ class BatchSubmitter:
             except openai.NotFoundError:
                 pass  # already gone (expired, or deleted before a crash)
             except openai.APIError as exc:
-                self._raise_if_fatal(exc)
-                log.info("%s: could not delete %s yet (%s)", rec.name, file_id, exc)
+                # Cleanup is a courtesy (files expire anyway): never stop a run for it.
+                log.info("%s: could not delete %s (%s)", rec.name, file_id, exc)
                 return
         journal.update(rec.name, remote_deleted=1)
 
@@ -707,6 +712,15 @@ class BatchSubmitter:
         fatal = _fatal_auth(exc)
         if fatal:
             raise fatal from exc
+
+    def _raise_unless_transient(self, exc: BaseException, doing: str) -> None:
+        """A call every file depends on failed for good: stop instead of looping."""
+        self._raise_if_fatal(exc)
+        if not _transient(exc):
+            raise BackendError(
+                f"{doing} failed: {_describe(exc)}",
+                hint=f"check that {self.client.base_url} serves an OpenAI-compatible Batch API",
+            ) from exc
 
 
 class _Incomplete(Exception):

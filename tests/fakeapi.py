@@ -200,6 +200,7 @@ class FakeBatchAPI:
         self.expire_next: list[int] = []  # next batches expire keeping N lines done
         self.cancel_keep = 0  # lines a cancelled batch finishes before it stops
         self.accept_output_expires_after = True
+        self.batch_api = True  # False: /v1/batches answers 404 (a server without it)
         self.valid_keys: set[str] | None = None  # None: any bearer token is accepted
         self._kills: dict[str, list[int]] = {}  # point -> [pid, hits left]
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -310,7 +311,7 @@ class FakeBatchAPI:
                 self.valid_keys is not None and auth[7:] not in self.valid_keys
             ):
                 raise _HTTPError(401, "Incorrect API key provided", "invalid_api_key")
-            if parts[:1] != ["v1"]:
+            if parts[:1] != ["v1"] or (not self.batch_api and parts[1:2] == ["batches"]):
                 raise _HTTPError(404, f"no route {url.path}")
             self._route(req, method, parts[1:], query, body)
         except _Abort:

@@ -557,6 +557,29 @@ def test_rejected_api_key_raises(tmp_path: Path, api: FakeBatchAPI) -> None:
         h.run()
 
 
+def test_server_without_batch_api_stops_the_run(tmp_path: Path, api: FakeBatchAPI) -> None:
+    api.batch_api = False
+    h = Harness(tmp_path, api)
+    h.add([_texts("nb", 1)])
+    with pytest.raises(BackendError, match="Batch API"):
+        h.run()
+
+
+def test_files_left_on_the_provider_by_an_earlier_run_are_deleted(
+    tmp_path: Path, api: FakeBatchAPI
+) -> None:
+    h = Harness(tmp_path, api, delete_remote_files=False)
+    h.add([_texts("lf", 2)])
+    h.run()
+    assert len(api.files) == 2  # input and output
+    again = BatchSubmitter(
+        h.client, profile=h.profile, outputs_dir=tmp_path / "outputs", poll_interval=0.002
+    )
+    again.drive(h.journal, wait=True, on_output=h.on_output)
+    assert api.files == {}
+    assert all(f.remote_deleted for f in h.journal.files())
+
+
 def test_on_output_must_settle_the_file(tmp_path: Path, api: FakeBatchAPI) -> None:
     h = Harness(tmp_path, api)
     h.add([_texts("o", 1)])
