@@ -318,3 +318,61 @@ def test_html_with_only_markup_is_empty(tmp_path: Path) -> None:
     docs, skips = collect(tmp_path)
     assert docs == []
     assert "empty" in skips["blank.html"]
+
+
+# --------------------------------------------------------------------------- sample corpus
+
+
+@pytest.fixture(scope="module")
+def sample() -> tuple[list[Document], dict[str, str]]:
+    skips: dict[str, str] = {}
+    docs = list(iter_documents(SAMPLE, on_skip=skips.__setitem__))
+    return docs, skips
+
+
+def test_sample_corpus_documents(sample: tuple[list[Document], dict[str, str]]) -> None:
+    docs, skips = sample
+    by_path = {d.path: d for d in docs}
+    assert len(docs) >= 40
+    assert paths(docs) == sorted(paths(docs))
+    # Exactly the two special files that cannot be used are reported, with their reason.
+    assert set(skips) == {"notes/empty.txt", "notes/scale-firmware.txt"}
+    assert "empty" in skips["notes/empty.txt"]
+    assert "binary" in skips["notes/scale-firmware.txt"]
+    # Ignored (.gitignore'd drafts/) and hidden (.obsidian/) files never appear.
+    assert not any(p.startswith(("drafts/", ".")) or "/." in p for p in by_path)
+    assert {d.kind for d in docs} == {"markdown", "rst", "text", "html", "code"}
+    assert {d.language for d in docs if d.kind == "code"} == {"python"}
+    menu = by_path["notes/old-cafe-menu.txt"]
+    assert menu.encoding == "cp1252"
+    assert "Café" in menu.text and "€" in menu.text and "\r" not in menu.text
+    assert all(d.encoding == "utf-8" for d in docs if d is not menu)
+
+
+def test_sample_corpus_html_headings_on_source_lines(
+    sample: tuple[list[Document], dict[str, str]],
+) -> None:
+    for doc in sample[0]:
+        if doc.kind != "html":
+            continue
+        source = (SAMPLE / doc.path).read_text(encoding="utf-8")
+        assert doc.text.count("\n") == source.count("\n")
+        for src_line, out_line in zip(source.split("\n"), doc.text.split("\n"), strict=True):
+            if src_line.lstrip().startswith("<h1"):
+                assert out_line.startswith("# "), (doc.path, src_line)
+            if "<" in out_line and ">" in out_line:
+                pytest.fail(f"tag left in {doc.path}: {out_line!r}")
+
+
+def test_sample_corpus_has_three_long_documents(
+    sample: tuple[list[Document], dict[str, str]],
+) -> None:
+    from corpusbatch.tokenizers import get_tokenizer
+
+    tok = get_tokenizer("cl100k_base")
+    long_docs = {d.path for d in sample[0] if tok.count(d.text) >= 20_000}
+    assert long_docs >= {
+        "guides/troubleshooting-handbook.md",
+        "reference/glossary.rst",
+        "tools/brewlab.py",
+    }
