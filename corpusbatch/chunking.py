@@ -167,26 +167,26 @@ class _DocChunker:
         """Char offset of valid token boundary ``k``."""
         if k >= self.n:
             return len(self.text)
-        j = int(np.searchsorted(self.idx, k))
+        j = int(self.idx.searchsorted(k))
         return int(self.pos[j])
 
     def boundary_at_or_before(self, c: int) -> int:
         """Largest valid token index whose char offset is <= c."""
-        j = int(np.searchsorted(self.pos, c, side="right")) - 1
+        j = int(self.pos.searchsorted(c, side="right")) - 1
         return int(self.idx[max(j, 0)])
 
     def valid_at_or_before(self, k: int) -> int:
         """Largest valid token index <= k."""
-        j = int(np.searchsorted(self.idx, k, side="right")) - 1
+        j = int(self.idx.searchsorted(k, side="right")) - 1
         return int(self.idx[max(j, 0)])
 
     def valid_at_or_after(self, k: int) -> int:
-        j = int(np.searchsorted(self.idx, k, side="left"))
+        j = int(self.idx.searchsorted(k, side="left"))
         return int(self.idx[j]) if j < len(self.idx) else self.n
 
     def exact_index(self, c: int) -> int | None:
         """Token index whose boundary is exactly at char offset c, if any."""
-        j = int(np.searchsorted(self.pos, c, side="left"))
+        j = int(self.pos.searchsorted(c, side="left"))
         if j < len(self.pos) and self.pos[j] == c:
             return int(self.idx[j])
         return None
@@ -197,7 +197,7 @@ class _DocChunker:
             return self.n
         if not self.tok.whitespace_joins_previous:
             return self.exact_index(e)
-        j = int(np.searchsorted(self.pos, e, side="left"))
+        j = int(self.pos.searchsorted(e, side="left"))
         nxt = int(self.pos[j]) if j < len(self.pos) else len(self.text)
         if self.text[e:nxt].strip(WHITESPACE):
             return None
@@ -372,7 +372,7 @@ class _DocChunker:
             t, s, e, count = span
             chunks.append(self.make_chunk(s, e, count))
             prev_end, floor = e, t
-            a = self.next_start(a, t, prev_end)
+            a = self.next_start(a, t, s, prev_end)
         if not chunks and self.n == 0:  # text with no tokens at all (dropped chars only)
             s, e = self.trimmed_chars(0, len(self.text))
             chunks.append(self.make_chunk(s, e, self.reencode(s, e)))
@@ -424,12 +424,16 @@ class _DocChunker:
             self.stats.shrinks += 1
             limit = self.valid_at_or_before(min(limit, t) - (count - budget))
 
-    def next_start(self, a: int, t: int, prev_end: int) -> int:
+    def next_start(self, a: int, t: int, prev_start: int, prev_end: int) -> int:
         """Token index where the next chunk starts (before t when overlapping)."""
         overlap = self.cfg.overlap_tokens
         if overlap == 0 or t >= self.n:
             return t
-        lo = max(a + 1, t - overlap)
+        # Start strictly after the previous chunk's first character.
+        after_prev = self.valid_at_or_after(self.boundary_at_or_before(prev_start) + 1)
+        lo = max(a + 1, t - overlap, after_prev)
+        if lo >= t:
+            return t
         k = self.valid_at_or_after(lo)
         c_lo, c_t = self.char_of(k), self.char_of(t)
         # Prefer starting the overlap on a line start, then after a space.
@@ -488,12 +492,14 @@ class _DocChunker:
 
 # --- structure -------------------------------------------------------------------------
 
-_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})", re.MULTILINE)
-_ATX = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.*?)[ \t#]*$", re.MULTILINE)
-_SETEXT = re.compile(r"^( {0,3}\S[^\n]*)\n {0,3}(=+|-+)[ \t]*$", re.MULTILINE)
-_PUNCT = r"[!-/:-@\[-`{-~]"
-_RST_OVER = re.compile(rf"^({_PUNCT})\1+[ \t]*\n[ \t]*(\S[^\n]*)\n(\1+)[ \t]*$", re.MULTILINE)
-_RST_UNDER = re.compile(rf"^(\S[^\n]*)\n({_PUNCT})\2{{2,}}[ \t]*$", re.MULTILINE)
+# Block patterns match "\n" + line on "\n" + text: a literal first character lets the
+# regex engine skip ahead fast, and match.start() is then the line's offset in text.
+_FENCE = re.compile(r"\n {0,3}(`{3,}|~{3,})")
+_ATX = re.compile(r"\n {0,3}(#{1,6})[ \t]+([^\n]*)")
+_ATX_CLOSE = re.compile(r"(?:^|[ \t]+)#+[ \t]*$")
+_UNDERLINE = re.compile(r"\n {0,3}(=+|-+)[ \t]*(?=\n|\Z)")
+_RST_ADORN = re.compile(r"\n([!-/:-@\[-`{-~])\1{2,}[ \t]*(?=\n|\Z)")
+_NOT_SETEXT_TITLE = ("#", "-", "*", "+", ">", "|", "```", "~~~")
 
 _DEFS: dict[str, re.Pattern[str]] = {
     "python": re.compile(r"^([ \t]*)(?:async[ \t]+def|def|class)[ \t]+([A-Za-z_]\w*)", re.M),
@@ -537,25 +543,34 @@ def _find_structure(doc: Document) -> _Structure:
     return st
 
 
-def _fenced_ranges(text: str) -> list[tuple[int, int]]:
+def _fenced_ranges(padded: str) -> list[tuple[int, int]]:
     ranges: list[tuple[int, int]] = []
     open_at, marker = -1, ""
-    for m in _FENCE.finditer(text):
+    for m in _FENCE.finditer(padded):
         fence = m.group(1)
         if open_at < 0:
             open_at, marker = m.start(), fence
         elif fence[0] == marker[0] and len(fence) >= len(marker):
-            ranges.append((open_at, m.end()))
+            ranges.append((open_at, m.end() - 1))
             open_at = -1
     if open_at >= 0:
-        ranges.append((open_at, len(text)))
+        ranges.append((open_at, len(padded) - 1))
     return ranges
 
 
+def _line_before(text: str, line_start: int) -> tuple[int, str]:
+    """(start, content) of the line before the one starting at line_start (> 0)."""
+    start = text.rfind("\n", 0, line_start - 1) + 1
+    return start, text[start : line_start - 1]
+
+
+def _blank_before(text: str, line_start: int) -> bool:
+    return line_start == 0 or not _line_before(text, line_start)[1].strip()
+
+
 def _markdown_headings(text: str) -> list[_Heading]:
-    if "#" not in text and "\n=" not in text and "\n-" not in text:
-        return []
-    fences = _fenced_ranges(text)
+    padded = "\n" + text
+    fences = _fenced_ranges(padded)
     starts = [r[0] for r in fences]
 
     def fenced(pos: int) -> bool:
@@ -563,45 +578,52 @@ def _markdown_headings(text: str) -> list[_Heading]:
         return j >= 0 and pos < fences[j][1]
 
     heads: list[_Heading] = []
-    for m in _ATX.finditer(text):
-        if m.group(2).strip() and not fenced(m.start()):
-            heads.append(_Heading(m.start(), len(m.group(1)), m.group(2).strip()))
-    for m in _SETEXT.finditer(text):
-        title = m.group(1).strip()
-        if title.startswith(("#", "-", "*", "+", ">", "|", "```", "~~~")) or fenced(m.start()):
+    for m in _ATX.finditer(padded):
+        title = _ATX_CLOSE.sub("", m.group(2)).strip()
+        if title and not fenced(m.start()):
+            heads.append(_Heading(m.start(), len(m.group(1)), title))
+    for m in _UNDERLINE.finditer(padded):
+        if m.start() == 0:
             continue
-        prev = text.rfind("\n", 0, max(m.start() - 1, 0))
-        if m.start() > 0 and text[prev + 1 : m.start()].strip():
+        ts, title = _line_before(text, m.start())
+        title = title.strip()
+        if not title or title.startswith(_NOT_SETEXT_TITLE) or fenced(ts):
+            continue
+        if not _blank_before(text, ts):
             continue  # a paragraph's last line, not a heading on its own
-        heads.append(_Heading(m.start(), 1 if m.group(2)[0] == "=" else 2, title))
+        heads.append(_Heading(ts, 1 if m.group(1)[0] == "=" else 2, title))
     heads.sort()
     return heads
 
 
 def _rst_headings(text: str) -> list[_Heading]:
+    """Section titles; levels follow the order in which adornment styles first appear."""
+    padded = "\n" + text
+    adorn = {m.start(): (m.group(1), len(m.group(0).strip())) for m in _RST_ADORN.finditer(padded)}
     styles: dict[tuple[str, bool], int] = {}
-    found: list[tuple[int, tuple[str, bool], str]] = []
-    for m in _RST_OVER.finditer(text):
-        title = m.group(2).strip()
-        if len(m.group(3)) >= len(title) and not re.fullmatch(_PUNCT + "+", title):
-            found.append((m.start(), (m.group(1), True), title))
-    for m in _RST_UNDER.finditer(text):
-        title = m.group(1).strip()
-        if re.fullmatch(_PUNCT + "+", title):
+    heads: list[_Heading] = []
+    closing: set[int] = set()
+    for u, (ch, length) in adorn.items():
+        if u in closing:
             continue
-        under = text[m.start(2) : m.end()].rstrip()
-        if len(under) < len(title):
+        nxt_start = text.find("\n", u) + 1
+        nxt_end = text.find("\n", nxt_start) + 1 if nxt_start else 0
+        under = adorn.get(nxt_end) if nxt_start and nxt_end else None
+        over_title = text[nxt_start : nxt_end - 1].strip() if under else ""
+        if under and under[0] == ch and over_title and _blank_before(text, u):
+            closing.add(nxt_end)  # overline, title, underline
+            level = styles.setdefault((ch, True), len(styles) + 1)
+            heads.append(_Heading(u, level, over_title))
             continue
-        prev = text.rfind("\n", 0, max(m.start() - 1, 0))
-        prev_line = text[prev + 1 : m.start()].strip() if m.start() > 0 else ""
-        if prev_line:
-            continue  # overlined (found above) or the last line of a paragraph
-        found.append((m.start(), (m.group(2), False), title))
-    found.sort()
-    heads = []
-    for pos, style, title in found:
-        level = styles.setdefault(style, len(styles) + 1)
-        heads.append(_Heading(pos, level, title))
+        if u == 0:
+            continue
+        ts, title = _line_before(text, u)
+        if not title or title[0] in _WS or ts in adorn or len(title.rstrip()) > length:
+            continue
+        if not _blank_before(text, ts):
+            continue  # the last line of a paragraph
+        level = styles.setdefault((ch, False), len(styles) + 1)
+        heads.append(_Heading(ts, level, title.strip()))
     return heads
 
 
