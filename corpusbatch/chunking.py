@@ -51,9 +51,9 @@ _NON_WS = re.compile(f"[^{re.escape(WHITESPACE)}]")
 
 # How full (fraction of max_tokens) a chunk must be before a cut of this kind is taken;
 # a higher-priority kind is taken at its last occurrence inside the window.
-_FILL_TOP_HEADING = 0.4
-_FILL_HEADING = 0.6
-_FILL_OTHER = 0.5
+_FILL_TOP_HEADING = 0.6
+_FILL_HEADING = 0.75
+_FILL_OTHER = 0.8
 _FILL_CODE_DEF = 0.3
 
 _SENTENCE_END = re.compile(r"(?:[.!?…][\"'”’)\]]*[ \t]+|[。！？])(?=\S)")
