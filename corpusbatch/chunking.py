@@ -159,7 +159,8 @@ class _DocChunker:
         self.pos: npt.NDArray[np.int64] = bounds[valid]  # their char offsets
         self.n = len(bounds) - 1
         self.structure = _find_structure(doc)
-        self.line_starts: list[int] | None = None
+        self._line_pos = 0  # line_of() cache: char offset and its 1-based line
+        self._line_no = 1
 
     # --- token index <-> char offset -------------------------------------------------
 
@@ -305,18 +306,18 @@ class _DocChunker:
     def choose_cut(self, a: int, limit: int) -> int:
         """Best token index in (a, limit] to end the chunk starting at token a."""
         budget = self.cfg.max_tokens
-        lo_chars = {
-            frac: self.char_of(self.valid_at_or_after(a + max(1, int(frac * budget))))
-            for frac in (_FILL_TOP_HEADING, _FILL_HEADING, _FILL_OTHER, _FILL_CODE_DEF)
-        }
+
+        def lo_char(frac: float) -> int:
+            return self.char_of(self.valid_at_or_after(a + max(1, int(frac * budget))))
+
         hi = self.char_of(limit)
         st = self.structure
         first_fill = _FILL_CODE_DEF if st.code else _FILL_TOP_HEADING
         for cands, frac in ((st.top, first_fill), (st.headings, _FILL_HEADING)):
-            t = self._last_in(cands, lo_chars[frac], hi, a, limit)
+            t = self._last_in(cands, lo_char(frac), hi, a, limit) if cands else None
             if t is not None:
                 return t
-        lo = lo_chars[_FILL_OTHER]
+        lo = lo_char(_FILL_OTHER)
         for finder in (self._blank_line, self._line_end, self._sentence_end, self._space):
             if finder is self._sentence_end and st.code:
                 continue
@@ -453,10 +454,8 @@ class _DocChunker:
         return t
 
     def make_chunk(self, s: int, e: int, count: int) -> Chunk:
-        if self.line_starts is None:
-            self.line_starts = [0] + [m.end() for m in re.finditer("\n", self.text)]
-        start_line = bisect.bisect_right(self.line_starts, s)
-        end_line = bisect.bisect_right(self.line_starts, e - 1)
+        start_line = self.line_of(s)
+        end_line = self.line_of(e - 1)
         return Chunk(
             source=self.doc.path,
             text=self.text[s:e],
@@ -467,6 +466,15 @@ class _DocChunker:
             heading=self.heading_at(s),
             n_tokens=count,
         )
+
+    def line_of(self, c: int) -> int:
+        """1-based line of char offset c; cheap for the nearly monotone calls we make."""
+        if c >= self._line_pos:
+            self._line_no += self.text.count("\n", self._line_pos, c)
+        else:
+            self._line_no -= self.text.count("\n", c, self._line_pos)
+        self._line_pos = c
+        return self._line_no
 
     def heading_at(self, s: int) -> tuple[str, ...]:
         st = self.structure
