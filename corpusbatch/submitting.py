@@ -214,6 +214,7 @@ class BatchSubmitter:
         rng: random.Random | None = None,
         download_attempts: int = 5,
         list_pages: int = 20,
+        max_capacity_retries: int = 20,
     ) -> None:
         self.client = client
         # Never retry a POST that creates something billable: reconcile instead.
@@ -229,6 +230,7 @@ class BatchSubmitter:
         self._rng = rng or random.Random()
         self.download_attempts = download_attempts
         self.list_pages = list_pages
+        self.max_capacity_retries = max_capacity_retries
         self._hold_until = 0.0  # no new batches before this (provider queue full)
         self._capacity_failures = 0
         self._emit: Callable[[str], None] = lambda _msg: None
@@ -572,7 +574,7 @@ class BatchSubmitter:
         return batch
 
     def _batch_failed(self, journal: Journal, rec: FileRecord, batch: Any) -> None:
-        if self.adapter.is_capacity_failure(batch):
+        if self.adapter.is_capacity_failure(batch) and rec.create_seq < self.max_capacity_retries:
             self._capacity_failures += 1
             wait = min(self.poll_interval * 2**self._capacity_failures, 20 * self.poll_interval)
             self._hold_until = self._clock() + wait
@@ -591,6 +593,11 @@ class BatchSubmitter:
             f"{code or 'error'}{f' at line {line}' if line else ''}: {msg}"
             for code, msg, line in errors
         )
+        if self.adapter.is_capacity_failure(batch):
+            text += (
+                f" (refused {rec.create_seq + 1} times; lower max_tokens_per_file or "
+                "max_enqueued_tokens in corpusbatch.toml, or wait for other work to finish)"
+            )
         journal.update(
             rec.name, "failed", batch_status="failed", error=f"batch {batch.id} failed: {text}"
         )

@@ -200,6 +200,7 @@ class FakeBatchAPI:
         self.expire_next: list[int] = []  # next batches expire keeping N lines done
         self.cancel_keep = 0  # lines a cancelled batch finishes before it stops
         self.accept_output_expires_after = True
+        self.retry_after_ms: int | None = 5  # sent with 429/5xx (keeps SDK retries quick)
         self.batch_api = True  # False: /v1/batches answers 404 (a server without it)
         self.valid_keys: set[str] | None = None  # None: any bearer token is accepted
         self._kills: dict[str, list[int]] = {}  # point -> [pid, hits left]
@@ -329,6 +330,7 @@ class FakeBatchAPI:
                         "code": exc.code,
                     }
                 },
+                retry_after_ms=self.retry_after_ms,
             )
 
     def _route(
@@ -803,13 +805,15 @@ def _parse_multipart(ctype: str, body: bytes) -> tuple[dict[str, str], str | Non
     return fields, filename, data
 
 
-def _send_json(req: BaseHTTPRequestHandler, status: int, obj: Any) -> None:
+def _send_json(
+    req: BaseHTTPRequestHandler, status: int, obj: Any, retry_after_ms: int | None = None
+) -> None:
     data = json.dumps(obj).encode()
     req.send_response(status)
     req.send_header("Content-Type", "application/json")
     req.send_header("Content-Length", str(len(data)))
-    if status == 429:
-        req.send_header("Retry-After", "0")
+    if retry_after_ms is not None and (status == 429 or status >= 500):
+        req.send_header("retry-after-ms", str(retry_after_ms))
     req.end_headers()
     req.wfile.write(data)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import tempfile
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +20,8 @@ import numpy as np
 import openai
 import pytest
 from fakeapi import FakeBatchAPI, fake_vector, word_tokens
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from corpusbatch.config import PROFILES, Limits, Profile
 from corpusbatch.errors import BackendError
@@ -115,6 +118,30 @@ class Harness:
             n_bytes=len(data),
             attempt=attempt,
             parent=parent,
+        )
+        return name
+
+    def add_raw(self, raw_lines: list[str], n_tokens: int = 1) -> str:
+        """A file with arbitrary line text (for validation failures)."""
+        self._n += 1
+        name = f"b-raw-{self._n:05d}.jsonl"
+        path = self.dir / "batches" / name
+        path.parent.mkdir(exist_ok=True)
+        data = ("\n".join(raw_lines) + "\n").encode()
+        path.write_bytes(data)
+        mpath = path.with_name(name.removesuffix(".jsonl") + ".manifest.jsonl")
+        mpath.write_text("")
+        self.journal.add_file(
+            name=name,
+            plan="p-test",
+            path=path,
+            manifest_path=mpath,
+            sha256=hashlib.sha256(data).hexdigest(),
+            model=MODEL,
+            n_lines=len(raw_lines),
+            n_inputs=len(raw_lines),
+            n_tokens=n_tokens,
+            n_bytes=len(data),
         )
         return name
 
@@ -456,6 +483,59 @@ def test_validation_failure_is_reported_with_code_and_line(
     assert api.processed.total() == 0
 
 
+def _line(cid: str, text: str, **over: Any) -> str:
+    obj: dict[str, Any] = {
+        "custom_id": cid,
+        "method": "POST",
+        "url": "/v1/embeddings",
+        "body": {"model": MODEL, "input": [text]},
+    }
+    body = over.pop("body", {})
+    obj.update(over)
+    obj["body"].update(body)
+    return json.dumps(obj)
+
+
+@pytest.mark.parametrize(
+    ("knob", "lines", "expected"),
+    [
+        ({"max_lines": 1}, [_line("a", "x"), _line("b", "y")], "too_many_tasks"),
+        ({"max_inputs": 1}, [_line("a", "x"), _line("b", "y")], "too_many_inputs"),
+        ({"max_bytes": 10}, [_line("a", "x")], "file_too_large"),
+        ({}, [_line("a", "x"), "{not json"], "invalid_json_line at line 2"),
+        ({}, [_line("a", "x"), _line("b", "y", body={"model": "other"})], "model_mismatch"),
+        ({}, [_line("a", "x", url="/v1/chat/completions")], "url_mismatch at line 1"),
+        ({}, [_line("a", "x", method="GET")], "invalid_method at line 1"),
+    ],
+)
+def test_validation_errors_end_as_failed_with_the_providers_reason(
+    tmp_path: Path, api: FakeBatchAPI, knob: dict[str, int], lines: list[str], expected: str
+) -> None:
+    for key, value in knob.items():
+        setattr(api, key, value)
+    h = Harness(tmp_path, api)
+    name = h.add_raw(lines)
+    h.run()
+    rec = h.journal.get(name)
+    assert rec is not None and rec.state == "failed" and rec.batch_status == "failed"
+    assert expected in (rec.error or "")
+    assert rec.batch_id is not None and rec.batch_id in (rec.error or "")
+    assert api.processed.total() == 0
+
+
+def test_provider_queue_that_never_has_room_fails_the_file(
+    tmp_path: Path, api: FakeBatchAPI
+) -> None:
+    api.token_cap = 2
+    h = Harness(tmp_path, api, max_capacity_retries=3)
+    name = h.add([_texts("cap", 1, words=5)])
+    h.run()
+    rec = h.journal.get(name)
+    assert rec is not None and rec.state == "failed"
+    assert "token_limit_exceeded" in (rec.error or "") and "refused 4 times" in (rec.error or "")
+    assert len(api.batches) == 4 and api.requests["POST /v1/files"] == 1
+
+
 def test_cancelled_batch_is_collected_and_its_lines_retried(
     tmp_path: Path, api: FakeBatchAPI
 ) -> None:
@@ -666,3 +746,50 @@ def test_remote_embedder_wraps_errors(api: FakeBatchAPI) -> None:
     with pytest.raises(BackendError, match="failed"):
         RemoteEmbedder(client, MODEL).embed([""])
     assert make_client(profile, "k").base_url.host == "127.0.0.1"
+
+
+# -- any schedule of faults ---------------------------------------------------------------
+_faults = st.fixed_dictionaries(
+    {
+        "files": st.lists(st.integers(1, 3), min_size=1, max_size=4),
+        "create": st.lists(st.sampled_from(["429", "500", "500-after", "drop-after"]), max_size=3),
+        "upload": st.lists(st.sampled_from(["500", "500-after", "drop-after"]), max_size=2),
+        "retrieve": st.lists(st.sampled_from([429, 500, 503]), max_size=3),
+        "drops": st.integers(0, 3),
+        "expire": st.lists(st.integers(0, 2), max_size=2),
+        "token_cap": st.one_of(st.none(), st.integers(9, 20)),
+        "wave_cap": st.one_of(st.none(), st.integers(9, 20)),
+    }
+)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(plan=_faults)
+def test_any_fault_schedule_embeds_each_input_exactly_once(plan: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory() as tmp, FakeBatchAPI(default_dims=DIMS) as api:
+        api.create_faults = list(plan["create"])
+        api.upload_faults = list(plan["upload"])
+        api.retrieve_faults = list(plan["retrieve"])
+        api.download_drops = plan["drops"]
+        api.expire_next = list(plan["expire"])
+        api.token_cap = plan["token_cap"]
+        h = Harness(
+            Path(tmp),
+            api,
+            limits=Limits(max_enqueued_tokens=plan["wave_cap"], max_enqueued_requests=None),
+            max_attempts=5,
+        )
+        texts: list[str] = []
+        for i, n_lines in enumerate(plan["files"]):
+            lines = [_texts(f"f{i}l{j}x", 1) for j in range(n_lines)]  # 3 tokens each
+            h.add(lines)
+            texts += [t for line in lines for t in line]
+        h.run()
+        assert not h.journal.pending()
+        assert h.states() == {"loaded": len(h.journal.files())}
+        assert h.permanent == {}
+        h.assert_exactly_once(texts)
+        assert set(api.processed) == set(texts)
+        if plan["wave_cap"] is not None:
+            assert api.max_enqueued_tokens <= plan["wave_cap"]
+        assert [f for f in api.files.values() if f.purpose == "batch"] == []
