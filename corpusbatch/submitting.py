@@ -215,6 +215,7 @@ class BatchSubmitter:
         download_attempts: int = 5,
         list_pages: int = 20,
         max_capacity_retries: int = 20,
+        vanished_after: int = 3,
     ) -> None:
         self.client = client
         # Never retry a POST that creates something billable: reconcile instead.
@@ -231,6 +232,8 @@ class BatchSubmitter:
         self.download_attempts = download_attempts
         self.list_pages = list_pages
         self.max_capacity_retries = max_capacity_retries
+        self.vanished_after = vanished_after  # consecutive 404s before a batch counts as lost
+        self._missing: dict[str, int] = {}
         self._hold_until = 0.0  # no new batches before this (provider queue full)
         self._capacity_failures = 0
         self._emit: Callable[[str], None] = lambda _msg: None
@@ -540,6 +543,7 @@ class BatchSubmitter:
                 )
                 self._emit(f"{rec.name}: batch {batch.id} {status} {_counts_text(batch)}")
                 self._hold_until = 0.0  # our queue share shrank: try waiting files again
+                self._capacity_failures = 0
                 self._finish_file(journal, journal.get(rec.name) or rec, on_output, step)
             elif status == "failed":
                 self._batch_failed(journal, rec, batch)
@@ -550,7 +554,12 @@ class BatchSubmitter:
         try:
             batch = self.client.batches.retrieve(rec.batch_id)
         except openai.NotFoundError:
-            # The provider lost the batch (it happens): make a fresh one from the same file.
+            # The provider lost the batch (it happens). Make sure it is gone for good before
+            # making a fresh one from the same file: a second batch costs money.
+            self._missing[rec.name] = self._missing.get(rec.name, 0) + 1
+            if self._missing[rec.name] < self.vanished_after:
+                return None
+            del self._missing[rec.name]
             log.warning("%s: batch %s vanished; creating it again", rec.name, rec.batch_id)
             journal.update(
                 rec.name,
@@ -565,6 +574,7 @@ class BatchSubmitter:
             self._raise_if_fatal(exc)
             log.info("%s: poll failed (%s); will retry", rec.name, exc)
             return None
+        self._missing.pop(rec.name, None)
         status = self.adapter.status(batch.status)
         counts = _counts_json(batch)
         if status != rec.batch_status or counts != rec.request_counts:

@@ -601,6 +601,18 @@ def test_vanished_batch_is_created_again(tmp_path: Path, api: FakeBatchAPI) -> N
     h.assert_exactly_once(texts)
 
 
+def test_a_passing_404_does_not_make_a_second_batch(tmp_path: Path, api: FakeBatchAPI) -> None:
+    h = Harness(tmp_path, api)
+    texts = _texts("nf", 2)
+    name = h.add([texts])
+    h.run(wait=False)
+    api.retrieve_faults = [404, 404]
+    h.run()
+    assert h.journal.get(name).create_seq == 0  # type: ignore[union-attr]
+    assert len(api.batches) == 1
+    h.assert_exactly_once(texts)
+
+
 def test_wait_false_submits_and_returns(tmp_path: Path, api: FakeBatchAPI) -> None:
     h = Harness(tmp_path, api, limits=Limits(max_enqueued_tokens=6))
     texts = _texts("r", 4)
