@@ -47,7 +47,14 @@ WHITESPACE = (
     "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 )
 _WS = frozenset(WHITESPACE)
-_NON_WS = re.compile(f"[^{re.escape(WHITESPACE)}]")
+# What BERT's normalizer and pre-tokenizer split words on (other Unicode White_Space
+# characters are control characters to it and are dropped, joining their neighbours).
+_WORDPIECE_WS = frozenset(
+    " \t\n\r\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+    "\u2007\u2008\u2009\u200a\u202f\u205f\u3000"
+)
+# Chunk edges are trimmed with str.strip() semantics (re's \s is str.isspace()).
+_NON_SPACE = re.compile(r"\S")
 
 # How full (fraction of max_tokens) a chunk must be before a cut of this kind is taken;
 # a higher-priority kind is taken at its last occurrence inside the window.
@@ -139,7 +146,7 @@ class Chunker:
         """Cut one document; chunks are in document order and cover all its text."""
         self.stats.documents += 1
         self.stats.chars += len(doc.text)
-        if not _NON_WS.search(doc.text):
+        if not _NON_SPACE.search(doc.text):
             return []
         return _DocChunker(self, doc).run()
 
@@ -211,7 +218,7 @@ class _DocChunker:
         if c == 0:
             return True
         if self.tok.whitespace_joins_previous:  # word-pieces: every word start
-            return self.text[c - 1] in _WS
+            return self.text[c - 1] in _WORDPIECE_WS
         return self.text[c - 1] == "\n" and self.text[c] not in _WS
 
     def next_sync(self, lo: int, hi: int) -> int | None:
@@ -272,9 +279,9 @@ class _DocChunker:
         text = self.text
         if e >= len(text):
             return e, self.n, 0
-        if text[e] in _WS:
-            if self.tok.whitespace_joins_previous:
-                return e, self.word_end_index(e), 0
+        if self.tok.whitespace_joins_previous and text[e] in _WORDPIECE_WS:
+            return e, self.word_end_index(e), 0
+        if not self.tok.whitespace_joins_previous and text[e] in _WS:
             if text[e - 1].isalnum():  # a letter/digit pre-token ends at e in both texts
                 return e, self.exact_index(e), 0
             # A run of punctuation (with an optional leading space) is one pre-token
@@ -294,11 +301,11 @@ class _DocChunker:
     def trimmed(self, a: int, t: int) -> tuple[int, int] | None:
         """Char span of tokens [a, t) without leading/trailing whitespace."""
         c0, c1 = self.char_of(a), self.char_of(t)
-        m = _NON_WS.search(self.text, c0, c1)
+        m = _NON_SPACE.search(self.text, c0, c1)
         if m is None:
             return None
         s = m.start()
-        e = len(self.text[s:c1].rstrip(WHITESPACE)) + s
+        e = len(self.text[s:c1].rstrip()) + s
         return s, e
 
     # --- choosing cuts ---------------------------------------------------------------
@@ -341,7 +348,7 @@ class _DocChunker:
         m = self.text.rfind("\n\n", lo, hi)
         if m == -1:
             return None
-        nxt = _NON_WS.search(self.text, m, hi)
+        nxt = _NON_SPACE.search(self.text, m, hi)
         return nxt.start() if nxt else None
 
     def _line_end(self, lo: int, hi: int) -> int | None:
@@ -382,8 +389,8 @@ class _DocChunker:
 
     def trimmed_chars(self, c0: int, c1: int) -> tuple[int, int]:
         piece = self.text[c0:c1]
-        s = c0 + len(piece) - len(piece.lstrip(WHITESPACE))
-        e = c0 + len(piece.rstrip(WHITESPACE))
+        s = c0 + len(piece) - len(piece.lstrip())
+        e = c0 + len(piece.rstrip())
         return s, e
 
     def limit_for(self, a: int) -> int:

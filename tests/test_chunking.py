@@ -113,6 +113,23 @@ def test_invariants_on_generated_documents(
     assert chunks == Chunker(tok, cfg).chunk(doc)  # deterministic
 
 
+@pytest.mark.parametrize("tok_name", TOKENIZERS)
+@settings(max_examples=80, deadline=None)
+@given(
+    text=st.text(st.characters(exclude_categories=["Cs"]), max_size=400),
+    budget=st.integers(min_value=4, max_value=40),
+    overlap=st.sampled_from([0, 0, 1, 3]),
+)
+def test_invariants_on_arbitrary_unicode(
+    tok_name: str, text: str, budget: int, overlap: int
+) -> None:
+    """Any code points, including control and odd whitespace characters."""
+    tok = get_tokenizer(tok_name)
+    cfg = ChunkerConfig(max_tokens=budget, overlap_tokens=overlap)
+    doc = make_doc(text, "text")
+    check_invariants(doc, Chunker(tok, cfg).chunk(doc), tok, cfg)
+
+
 # --- hand-written documents ---------------------------------------------------------
 
 COFFEE = """\
