@@ -21,9 +21,15 @@ What is reported
     Files that matched but could not be used are passed to ``on_skip(path, reason)``
     (and logged at INFO): binary content, empty or whitespace-only files, symlinks that
     point outside the root or nowhere, symlink loops, unreadable files, files over
-    :data:`MAX_FILE_BYTES`. A file that is not UTF-8 is *not* skipped: it is decoded as
+    :data:`MAX_FILE_BYTES`. Problems with a folder (a symlink out of the root, a loop)
+    are reported with a trailing ``/``. A file that is not UTF-8 is *not* skipped: it is decoded as
     cp1252 (or latin-1 when cp1252 fails), a WARNING names the file and codec, and
     :attr:`Document.encoding` records it.
+
+Symlinks
+    A symlink is never followed out of the root. Symlinked folders inside the root are
+    followed, so their files also appear under the link's path (equal chunks share one
+    vector, so this costs no extra tokens); a link back to one of its own parents is cut.
 
 Documents are yielded in sorted order of their POSIX relative path, one file in memory
 at a time, so two runs over the same tree give the same sequence.

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from corpusbatch.errors import SourceError
 from corpusbatch.sources import (
@@ -303,6 +305,26 @@ def test_html_keeps_every_line() -> None:
     assert "  x  =  1" in out_lines[22]  # <pre> spacing kept
     for dropped in ("color", "never shown", "comment", "template body", "href"):
         assert dropped not in text
+
+
+_HTML_PIECES = st.sampled_from(
+    [
+        *("<p>", "</p>", "<h2>", "</h2>", "<h1 class='a'\n>", "</h1>", "<script>", "</script>"),
+        *("<style>", "</style>", "<!--", "-->", "<br>", "<pre>", "</pre>", "<div\n>", "</div>"),
+        *("<template>", "</template>", "<", ">", "&", "&amp;", "<!DOCTYPE html>", "<?x?>"),
+        *("\n", " ", "\t", "word", "é"),
+    ]
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_HTML_PIECES, max_size=40))
+def test_html_line_count_is_preserved(parts: list[str]) -> None:
+    html = "".join(parts)
+    text = html_to_text(html)
+    assert text.count("\n") == html.count("\n")
+    for line in text.split("\n"):
+        assert line == line.rstrip()
 
 
 def test_html_document_kind(tmp_path: Path) -> None:
