@@ -12,6 +12,13 @@ uses the same states minus the remote ones (planned -> finished -> loaded).
 
 Every transition is one committed SQLite transaction (WAL mode), so ``kill -9`` at any
 point leaves the journal consistent.
+
+Besides the state, a file row keeps what the remote executor needs to resume without
+paying twice: provider ids (``input_file_id``, ``batch_id``, ``output_file_id``,
+``error_file_id``), ``create_seq`` (sent in the batch metadata; bumped when a batch is
+known dead, so a stale one is never adopted), ``not_before`` (back-off after the
+provider's queue was full), ``request_counts`` and ``submitted_at`` (for ``status``) and
+``remote_deleted`` (provider copies cleaned up). ``events`` records every transition.
 """
 
 from __future__ import annotations

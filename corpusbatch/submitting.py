@@ -154,8 +154,14 @@ class ProviderAdapter:
 
 
 def adapter_for(profile: Profile) -> ProviderAdapter:
-    """The adapter for a provider profile (OpenAI's shapes unless known otherwise)."""
-    return ProviderAdapter()
+    """The adapter for a provider profile (OpenAI's shapes unless known otherwise).
+
+    DeepInfra's Batch API copies OpenAI's (same purpose, line format, statuses and
+    ``output_expires_after``), so it needs no adapter of its own.
+    """
+    adapter = ProviderAdapter()
+    adapter.name = profile.name
+    return adapter
 
 
 def make_client(profile: Profile, api_key: str, *, timeout: float = 600.0) -> openai.OpenAI:
