@@ -42,6 +42,7 @@ from .types import EmbeddingIdentity, EmbedItem, PlannedFile
 log = logging.getLogger(__name__)
 
 VECTOR_INDEX_MIN_ROWS = 50_000
+_SKIPPED = "skipped: "  # marks a remembered skipped file in the store's sha256 column
 
 
 class Progress(Protocol):
@@ -256,14 +257,22 @@ def _scan(ctx: _Context, *, full_scan: bool = False) -> None:
         report.deleted_sources = store.drop_sources(seen)
         store.set_meta("root", str(root))
     progress.finish()
-    report.documents = len(seen)
+    report.documents = int(
+        store.db.execute(
+            "SELECT COUNT(*) FROM sources WHERE sha256 NOT LIKE ?", (_SKIPPED + "%",)
+        ).fetchone()[0]
+    )
     report.chunks = store.count("desired")
 
 
 def _scan_one(
     ctx: _Context, path: Path, rel: str, full_scan: bool, on_skip: Callable[[str, str], None]
 ) -> bool:
-    """Update one source's rows; returns whether it is part of the corpus now."""
+    """Update one source's rows; returns whether the store should remember it.
+
+    Skipped files (binary, empty, ...) are remembered too, with their reason, so that an
+    unchanged skipped file is reported again without being read again.
+    """
     store, fp = ctx.store, ctx.fingerprint
     try:
         st = path.stat()
@@ -271,20 +280,34 @@ def _scan_one(
         on_skip(rel, f"cannot stat ({exc.strerror})")
         return False
     prev = store.source_state(rel)
-    same_fp = prev is not None and prev.fingerprint == fp
+    if prev is not None and prev.fingerprint != fp:
+        prev = None
     if (
-        same_fp
+        prev is not None
         and not full_scan
-        and prev is not None
-        and (prev.size, prev.mtime_ns) == (st.st_size, st.st_mtime_ns)
+        and (prev.size, prev.mtime_ns)
+        == (
+            st.st_size,
+            st.st_mtime_ns,
+        )
     ):
+        if prev.sha256.startswith(_SKIPPED):
+            on_skip(rel, prev.sha256.removeprefix(_SKIPPED))
         return True
-    doc = read_document(ctx.root, path, on_skip=on_skip)
+    reasons: list[str] = []
+
+    def remember(skipped: str, reason: str) -> None:
+        reasons.append(reason)
+        on_skip(skipped, reason)
+
+    doc = read_document(ctx.root, path, on_skip=remember)
     ctx.report.documents_read += 1
     if doc is None:
-        return False
+        reason = reasons[-1] if reasons else "skipped"
+        store.put_source(rel, SourceState(_SKIPPED + reason, st.st_size, st.st_mtime_ns, fp), [])
+        return True
     state = SourceState(doc.sha256, st.st_size, st.st_mtime_ns, fp)
-    if same_fp and prev is not None and prev.sha256 == doc.sha256:
+    if prev is not None and prev.sha256 == doc.sha256:
         store.put_source(rel, state, None)
         return True
     chunks = ctx.chunker.chunk(doc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -19,3 +20,12 @@ def _hermetic_env(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path_factory.mktemp("tiktoken-cache")))
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> None:
+    """The CLI configures the `corpusbatch` logger; undo it so caplog keeps working."""
+    logger = logging.getLogger("corpusbatch")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
