@@ -346,3 +346,19 @@ def test_drive_reruns_a_truncated_output(
         journal, outputs_dir=outputs, on_output=lambda r: journal.update(r.name, "loaded")
     )
     assert [x["custom_id"] for x in _read_jsonl(out)] == ["b-1.jsonl-0", "b-1.jsonl-1"]
+
+
+@pytest.mark.slow
+def test_usage_tokens_match_the_chunkers_count(backend: LocalBackend, tmp_path: Path) -> None:
+    from corpusbatch.tokenizers import get_tokenizer
+
+    counter = get_tokenizer("local-minilm")
+    texts = [_prefix(backend, PROSE + " " + PROSE, n) for n in (1, 37, 128, 254)]
+    texts.append("naïve café — ok? 東京")
+    assert backend.count_tokens(texts) == [counter.count(t) for t in texts]
+    # 254 word-pieces is the chunker's budget for this model: accepted, not cut.
+    src = _write_jsonl(tmp_path / "in.jsonl", [_line("cb-1", texts)])
+    backend.run_file(src, tmp_path / "out.jsonl")
+    (line,) = _read_jsonl(tmp_path / "out.jsonl")
+    assert line["response"]["status_code"] == 200
+    assert line["response"]["body"]["usage"]["prompt_tokens"] == sum(map(counter.count, texts))
