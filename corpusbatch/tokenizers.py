@@ -139,23 +139,6 @@ def _cl100k_encoding() -> Any:
     )
 
 
-def byte_to_char_offsets(text: str, byte_offsets: npt.NDArray[np.int64]) -> Bounds:
-    """Map UTF-8 byte offsets of ``text`` to char offsets; -1 where inside a character."""
-    raw = text.encode("utf-8")
-    if len(raw) == len(text):  # ASCII: bytes are chars
-        return byte_offsets
-    data = np.frombuffer(raw, dtype=np.uint8)
-    is_start = (data & 0xC0) != 0x80  # not a UTF-8 continuation byte
-    # chars_before[o] = number of characters starting before byte o
-    chars_before = np.empty(len(raw) + 1, dtype=np.int64)
-    chars_before[0] = 0
-    np.cumsum(is_start, out=chars_before[1:])
-    at_start = np.append(is_start, True)  # offset len(raw) is a boundary
-    out = chars_before[byte_offsets]
-    out[~at_start[byte_offsets]] = -1
-    return out
-
-
 class TiktokenTokenizer:
     """cl100k_base through tiktoken, vocabulary loaded offline."""
 
@@ -164,11 +147,16 @@ class TiktokenTokenizer:
     def __init__(self, encoding: Any, name: str) -> None:
         self.name = name
         self._enc = encoding
-        # Byte length of every token id, so boundaries come from a cumsum, never a decode.
-        lengths = np.zeros(encoding.n_vocab, dtype=np.int64)
+        # Per token id: how many characters start in its bytes (bytes that are not UTF-8
+        # continuation bytes), and whether its first byte continues a character. Char
+        # offsets of all boundaries are then one cumsum, with no decode and no byte scan.
+        starts = np.zeros(encoding.n_vocab, dtype=np.int64)
+        continues = np.zeros(encoding.n_vocab, dtype=bool)
         for token, rank in encoding._mergeable_ranks.items():
-            lengths[rank] = len(token)
-        self._token_bytes = lengths
+            starts[rank] = sum((b & 0xC0) != 0x80 for b in token)
+            continues[rank] = (token[0] & 0xC0) == 0x80
+        self._char_starts = starts
+        self._continues = continues
 
     def encode(self, text: str) -> npt.NDArray[np.uint32]:
         """Token ids of ``text`` (special-token text is encoded as ordinary text)."""
@@ -179,9 +167,10 @@ class TiktokenTokenizer:
 
     def bounds(self, text: str) -> Bounds:
         ids = self.encode(text)
-        byte_offsets = np.zeros(len(ids) + 1, dtype=np.int64)
-        np.cumsum(self._token_bytes[ids], out=byte_offsets[1:])
-        return byte_to_char_offsets(text, byte_offsets)
+        out = np.zeros(len(ids) + 1, dtype=np.int64)
+        np.cumsum(self._char_starts[ids], out=out[1:])
+        out[:-1][self._continues[ids]] = -1  # boundary inside a multi-byte character
+        return out
 
     def count(self, text: str) -> int:
         return len(self._enc.encode_ordinary(text))
