@@ -343,12 +343,19 @@ def iter_documents(
     be used (binary, empty, unreadable, symlink out of the root...). See the module
     docstring for the full rules.
 
+    The folder is walked when iteration starts; files are then read one at a time.
+
     Raises:
-        SourceError: ``root`` does not exist or is not a folder (raised on first ``next``).
+        SourceError: ``root`` does not exist or is not a folder (raised by this call,
+            before any iteration).
     """
     resolved = _check_root(Path(root))
-    for path in _Walker(resolved, _rules(include, exclude), on_skip).walk():
-        doc = read_document(resolved, path, on_skip=on_skip)
+    return _read_all(resolved, _rules(include, exclude), on_skip)
+
+
+def _read_all(root: Path, rules: _Rules, on_skip: SkipCallback | None) -> Iterator[Document]:
+    for path in _Walker(root, rules, on_skip).walk():
+        doc = read_document(root, path, on_skip=on_skip)
         if doc is not None:
             yield doc
 

@@ -224,9 +224,19 @@ def test_unreadable_file_is_skipped(tmp_path: Path) -> None:
     assert "permission" in skips["locked.md"]
 
 
+def test_file_vanishing_after_listing_is_reported(tmp_path: Path) -> None:
+    gone = write(tmp_path, "gone.md", "here for the listing\n")
+    listed = list_files(tmp_path)
+    gone.unlink()
+    skips: dict[str, str] = {}
+    assert [read_document(tmp_path, p, on_skip=skips.__setitem__) for p in listed] == [None]
+    assert "cannot read" in skips["gone.md"]
+
+
 def test_root_errors(tmp_path: Path) -> None:
-    with pytest.raises(SourceError, match="does not exist"):
-        list(iter_documents(tmp_path / "nope"))
+    with pytest.raises(SourceError, match="does not exist") as info:
+        iter_documents(tmp_path / "nope")  # raised by the call, not on first next()
+    assert info.value.path == str(tmp_path / "nope")
     file = write(tmp_path, "f.md", "x\n")
     with pytest.raises(SourceError, match="not a folder"):
         list_files(file)
