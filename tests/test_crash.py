@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 from fakeapi import FakeBatchAPI, fake_vector
 
+from corpusbatch.journal import Journal
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,5 +149,12 @@ def test_kill_and_rerun_embeds_each_chunk_once(
         texts = {r["text"] for r in rows}
         assert set(api.processed) == texts
         assert max(api.processed.values()) == 1, "an input was embedded (and billed) twice"
+        # no orphan: every batch was followed to the end, every upload was used once
+        assert {b.status for b in api.batches.values()} == {"completed"}
+        with Journal(index_dir / "state.db") as journal:
+            files = journal.files()
+        assert {f.state for f in files} == {"loaded"}
+        assert len(api.batches) == len(files)
+        assert api.requests["POST /v1/files"] == len(files)
         # the provider holds nothing of ours once everything is loaded
         assert [f for f in api.files.values() if f.purpose == "batch"] == []
