@@ -156,6 +156,7 @@ class RunStore:
         )
         if rows is None:
             return 0
+        self.mark_dirty()
         self.db.execute("DELETE FROM desired WHERE source = ?", (source,))
         cur = self.db.executemany(
             "INSERT OR REPLACE INTO desired (id, key, source, heading, start_line, end_line,"
@@ -170,7 +171,22 @@ class RunStore:
         for source in gone:
             self.db.execute("DELETE FROM desired WHERE source = ?", (source,))
             self.db.execute("DELETE FROM sources WHERE source = ?", (source,))
+        if gone:
+            self.mark_dirty()
         return gone
+
+    # The store is "dirty" when its desired rows or vectors changed since the last
+    # successful publish; a clean store means the table already holds the desired state.
+    def mark_dirty(self) -> None:
+        """Note that the table needs publishing; call inside a transaction."""
+        self.set_meta("dirty", "1")
+
+    def is_dirty(self) -> bool:
+        return self.get_meta("dirty") != "0"
+
+    def mark_clean(self) -> None:
+        with self.transaction():
+            self.set_meta("dirty", "0")
 
     def get_meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -231,6 +247,8 @@ class RunStore:
                 rows,
             )
             added = self.db.total_changes - before
+            if added:
+                self.mark_dirty()
         except BaseException:
             self.db.execute("ROLLBACK")
             raise

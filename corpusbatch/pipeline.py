@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -173,7 +174,7 @@ class _Context:
     report: RunReport
     progress: Progress
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
         return f"{self.identity.fingerprint()}:{self.chunker.config.fingerprint()}"
 
@@ -248,9 +249,11 @@ def _scan(ctx: _Context, *, full_scan: bool = False) -> None:
     root = ctx.root.resolve()
     seen: set[str] = set()
     progress.start("reading", total=len(files), unit="file")
+    prefix = str(root) + os.sep
     with store.transaction():
         for path in files:
-            rel = path.relative_to(root).as_posix() if path.is_absolute() else path.as_posix()
+            full = str(path)
+            rel = full[len(prefix) :] if full.startswith(prefix) else path.as_posix()
             if _scan_one(ctx, path, rel, full_scan, on_skip):
                 seen.add(rel)
             progress.advance()
@@ -527,6 +530,14 @@ def _publish(ctx: _Context) -> PublishResult:
     return result
 
 
+def _table_exists(ctx: _Context) -> bool:
+    try:
+        _connect(ctx.paths).open_table(ctx.settings.table)
+    except (FileNotFoundError, ValueError):
+        return False
+    return True
+
+
 def _maintain(table: Any) -> None:
     """Indexes and compaction after a change, so reads stay fast and versions few."""
     from lancedb.index import FTS, IvfRq
@@ -610,12 +621,17 @@ def _finish(ctx: _Context, t0: float) -> RunReport:
     t3 = time.monotonic()
     report.pending_files = len(ctx.journal.pending())
     report.failed = _failures_report(ctx)
-    if report.pending_files == 0:
+    if report.pending_files == 0 and (ctx.store.is_dirty() or not _table_exists(ctx)):
         result = _publish(ctx)
+        ctx.store.mark_clean()
         report.published = True
         report.new, report.changed = result.inserted, result.updated
         report.deleted, report.unchanged = result.deleted, result.unchanged
         report.table_version = result.version
+    elif report.pending_files == 0:  # the table already is the desired state
+        report.published = True
+        report.unchanged = ctx.store.count("desired")
+        report.table_version = _connect(ctx.paths).open_table(ctx.settings.table).version
     report.durations["publish"] = round(time.monotonic() - t3, 3)
     report.durations["total"] = round(time.monotonic() - t0, 3)
     return report
