@@ -664,7 +664,14 @@ class BatchSubmitter:
                     "deleted before download; run index again to re-embed its chunks",
                 )
                 return False
-            except (openai.APIError, httpx2.HTTPError, OSError) as exc:
+            except OSError as exc:
+                raise BackendError(
+                    f"cannot write {dest}: {exc}",
+                    batch_id=rec.batch_id,
+                    file_name=rec.name,
+                    hint="free disk space or fix permissions, then run index again to resume",
+                ) from exc
+            except (openai.APIError, httpx2.HTTPError, _Incomplete) as exc:
                 self._raise_if_fatal(exc)
                 log.warning("%s: download of %s failed (%s); will retry", rec.name, file_id, exc)
                 return False

@@ -158,3 +158,24 @@ def test_kill_and_rerun_embeds_each_chunk_once(
         assert api.requests["POST /v1/files"] == len(files)
         # the provider holds nothing of ours once everything is loaded
         assert [f for f in api.files.values() if f.purpose == "batch"] == []
+
+
+def test_killed_again_and_again_still_embeds_each_chunk_once(
+    corpus: Path, tmp_path: Path, reference: list[tuple[Any, ...]]
+) -> None:
+    index_dir = tmp_path / "index"
+    with FakeBatchAPI() as api:
+        for point in ("create", "upload", "retrieve", "downloaded"):
+            proc = _cli(corpus, index_dir, api.base_url)
+            api.kill_at(point, proc.pid, 1)
+            _, err = proc.communicate(timeout=300)
+            assert proc.returncode == -signal.SIGKILL, f"not killed at {point}: {err.decode()}"
+        final = _cli(corpus, index_dir, api.base_url)
+        _, err = final.communicate(timeout=300)
+        assert final.returncode == 0, err.decode()
+        rows = _rows(index_dir)
+        got = sorted((r["source"], r["start_line"], r["end_line"], r["text"]) for r in rows)
+        assert got == reference
+        assert max(api.processed.values()) == 1
+        assert set(api.processed) == {r["text"] for r in rows}
+        assert {b.status for b in api.batches.values()} == {"completed"}

@@ -672,6 +672,35 @@ def test_files_left_on_the_provider_by_an_earlier_run_are_deleted(
     assert all(f.remote_deleted for f in h.journal.files())
 
 
+def test_unwritable_outputs_stop_the_run_and_resume_later(
+    tmp_path: Path, api: FakeBatchAPI
+) -> None:
+    blocker = tmp_path / "outputs"
+    blocker.write_text("a file where the outputs folder should be")
+    h = Harness(tmp_path, api)
+    texts = _texts("uw", 2)
+    name = h.add([texts])
+    with pytest.raises(BackendError, match="cannot write"):
+        h.run()
+    assert h.journal.get(name).state == "finished"  # type: ignore[union-attr]
+    blocker.unlink()
+    h.run()
+    h.assert_exactly_once(texts)
+
+
+def test_status_shows_files_waiting_to_load(tmp_path: Path, api: FakeBatchAPI) -> None:
+    h = Harness(tmp_path, api)
+    done, waiting = h.add([_texts("s1", 1)]), h.add([_texts("s2", 1)])
+    h.run()
+    h.journal.update(waiting, "finished")
+    rows = {r.file: r for r in status(h.journal, h.client)}
+    assert set(rows) == {waiting} and rows[waiting].waiting_to_load
+    assert rows[waiting].batch_status == "completed" and rows[waiting].age_s >= 0
+    everything = status(h.journal, h.client, include_loaded=True)
+    assert {r.file for r in everything} == {done, waiting}
+    assert everything[0].to_dict()["file"] == done
+
+
 def test_on_output_must_settle_the_file(tmp_path: Path, api: FakeBatchAPI) -> None:
     h = Harness(tmp_path, api)
     h.add([_texts("o", 1)])
