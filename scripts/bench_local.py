@@ -125,6 +125,9 @@ def child(
         "tokens_per_s": round(stats["tokens"] / stats["seconds"]),
         "rss_after_load_mb": round(rss_loaded),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "own_cores": round((own1 - own0) / stats["seconds"], 2),
+        # Throughput per CPU-second of this process: comparable across contended runs.
+        "tokens_per_cpu_s": round(stats["tokens"] / max(own1 - own0, 1e-9)),
         "other_processes_cores": round(others, 2),
         "output": str(out),
     }
