@@ -333,7 +333,13 @@ class BatchSubmitter:
 
     def _reconcile_uploads(self, journal: Journal, step: _Round) -> None:
         """Files left in ``uploading``: adopt the upload if it arrived, else plan it again."""
-        stuck = journal.files(states=("uploading",))
+        # As with creates, give the provider's file list a moment to show a fresh upload.
+        now = self._clock()
+        stuck = [
+            r
+            for r in journal.files(states=("uploading",))
+            if now - r.updated_at >= self.poll_interval
+        ]
         if not stuck:
             return
         try:
