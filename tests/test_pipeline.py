@@ -19,8 +19,14 @@ pytestmark = pytest.mark.slow
 # (question, the document that answers it); see docs/sample_corpus.md
 QUESTIONS = [
     ("How hot should the water be for pour-over?", "guides/water-temperature.md"),
-    ("What grind size should I use for a French press?", "guides/french-press.md"),
-    ("How do I steam milk for a latte?", "guides/milk-steaming.md"),
+    (
+        "What gear should I bring when hosting a group coffee tasting for about ten people?",
+        "web/brew-day-checklist.html",
+    ),
+    (
+        "How does the chemical-free Canadian decaf method take out caffeine without solvents?",
+        "reference/decaf-processes.rst",
+    ),
 ]
 
 
