@@ -173,7 +173,7 @@ def bench(docs: list[Document], label: str, repeat: int, peer_repeat: int) -> li
                 peer_s,
                 n_bytes,
                 counts,
-                f"{peer_s / floor_s:.2f}x floor; "
+                f"{peer_s / floor_s:.2f}x floor wall, {CPU['last'] / floor_cpu:.2f}x CPU; "
                 f"Σchunk tok / corpus tok {sum(counts) / n_tokens:.3f}",
             )
         )
