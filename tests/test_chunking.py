@@ -371,3 +371,40 @@ def test_sample_corpus(tok_name: str) -> None:
         check_invariants(doc, chunker.chunk(doc), tok, cfg)
         n_files += 1
     assert chunker.stats.documents == n_files
+
+
+RUST = """\
+use std::fmt;
+
+/// A point.
+#[derive(Debug)]
+pub struct Point {
+    x: i32,
+    y: i32,
+}
+
+impl fmt::Display for Point {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "({}, {})", self.x, self.y)
+    }
+}
+
+pub fn origin() -> Point {
+    Point { x: 0, y: 0 }
+}
+"""
+
+
+@pytest.mark.parametrize("tok_name", TOKENIZERS)
+def test_rust_code_cuts_before_items_with_their_attributes(tok_name: str) -> None:
+    tok = get_tokenizer(tok_name)
+    cfg = ChunkerConfig(max_tokens=30)
+    doc = make_doc(RUST, "code", "rust")
+    chunks = Chunker(tok, cfg).chunk(doc)
+    check_invariants(doc, chunks, tok, cfg)
+    starts = {c.text.split("\n")[0]: c.heading for c in chunks}
+    assert "pub struct Point {" not in starts  # doc comment and attribute stay attached
+    assert starts.get("pub fn origin() -> Point {", ("origin",)) == ("origin",)
+    for c in chunks:
+        if c.text.startswith("fn fmt") or c.text.startswith("write!"):
+            assert c.heading[-1] == "fmt"
