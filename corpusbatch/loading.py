@@ -22,7 +22,7 @@ import base64
 import json
 import logging
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,6 +225,17 @@ class RunStore:
             ):
                 out[key] = (text, n)
         return out
+
+    def missing_vectors(self, keys: Sequence[str]) -> list[str]:
+        """The keys among ``keys`` that have no stored vector."""
+        have: set[str] = set()
+        for i in range(0, len(keys), 500):
+            part = keys[i : i + 500]
+            q = ", ".join("?" * len(part))
+            have.update(
+                k for (k,) in self.db.execute(f"SELECT key FROM vectors WHERE key IN ({q})", part)
+            )
+        return [k for k in keys if k not in have]
 
     def where_used(self, key: str) -> list[tuple[str, int, int]]:
         """(source, start_line, end_line) of every desired row with vector ``key``."""
@@ -513,6 +524,7 @@ def iter_row_batches(
     model: str,
     ids: set[str] | None = None,
     batch_rows: int = 8192,
+    on_rows: Callable[[int], None] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Desired rows that have a vector, as Arrow batches (only ``ids`` if given)."""
     cur = store.db.execute(_ROW_SELECT + " ORDER BY d.source, d.start_line, d.id")
@@ -525,6 +537,8 @@ def iter_row_batches(
             if not rows:
                 continue
         yield _arrow_batch(rows, schema, model)
+        if on_rows is not None:
+            on_rows(len(rows))
 
 
 @dataclass
@@ -584,7 +598,12 @@ def _current_rows(table: Any) -> pa.Table:
 
 
 def publish(
-    db: Any, table_name: str, store: RunStore, schema: pa.Schema, model: str
+    db: Any,
+    table_name: str,
+    store: RunStore,
+    schema: pa.Schema,
+    model: str,
+    on_rows: Callable[[int], None] | None = None,
 ) -> PublishResult:
     """Make the table equal the desired rows that have vectors, in one commit.
 
@@ -597,18 +616,18 @@ def publish(
     table = db.open_table(table_name) if _table_exists(db, table_name) else None
     if table is not None and _identity_of(table.schema) != _identity_of(schema):
         log.warning("index identity changed: rebuilding table %r in one commit", table_name)
-        result = _create(db, table_name, store, schema, model, overwrite=True)
+        result = _create(db, table_name, store, schema, model, overwrite=True, on_rows=on_rows)
         result.deleted = table.count_rows()
         return result
     if table is None:
-        return _create(db, table_name, store, schema, model, overwrite=False)
+        return _create(db, table_name, store, schema, model, overwrite=False, on_rows=on_rows)
     upsert, delete, new, unchanged = diff_against_table(store, _current_rows(table))
     result = PublishResult(
         inserted=new, updated=len(upsert) - new, deleted=len(delete), unchanged=unchanged
     )
     if upsert or delete:
         reader = pa.RecordBatchReader.from_batches(
-            schema, iter_row_batches(store, schema, model, ids=upsert)
+            schema, iter_row_batches(store, schema, model, ids=upsert, on_rows=on_rows)
         )
         merge = table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
         if delete:
@@ -619,9 +638,17 @@ def publish(
 
 
 def _create(
-    db: Any, name: str, store: RunStore, schema: pa.Schema, model: str, *, overwrite: bool
+    db: Any,
+    name: str,
+    store: RunStore,
+    schema: pa.Schema,
+    model: str,
+    *,
+    overwrite: bool,
+    on_rows: Callable[[int], None] | None = None,
 ) -> PublishResult:
-    reader = pa.RecordBatchReader.from_batches(schema, iter_row_batches(store, schema, model))
+    batches = iter_row_batches(store, schema, model, on_rows=on_rows)
+    reader = pa.RecordBatchReader.from_batches(schema, batches)
     table = db.create_table(
         name, data=reader, schema=schema, mode="overwrite" if overwrite else "create"
     )

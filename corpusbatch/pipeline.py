@@ -14,6 +14,7 @@ import functools
 import json
 import logging
 import os
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -383,7 +384,8 @@ def _discard(files: list[PlannedFile]) -> None:
 def plan_missing(ctx: _Context, *, dry_run: bool = False) -> PlanSummary:
     """Plan batch files for every desired vector that is neither stored nor in flight."""
     items = _embed_items(ctx, ctx.store.keys_to_embed(_pending_keys(ctx.journal)))
-    plan_id = "p" + time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{os.getpid() % 10000:04d}"
+    # Unique per run (names of journal files must never repeat); sortable by time.
+    plan_id = "p" + time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
     ctx.progress.start("planning", unit="file")
     files = _plan(ctx, items, plan_id)
     ctx.progress.finish()
@@ -520,8 +522,10 @@ def _connect(paths: IndexPaths) -> Any:
 def _publish(ctx: _Context) -> PublishResult:
     db = _connect(ctx.paths)
     schema = table_schema(ctx.identity, ctx.table_meta())
-    ctx.progress.start("loading", unit="row")
-    result = publish(db, ctx.settings.table, ctx.store, schema, ctx.identity.model)
+    ctx.progress.start("loading", total=ctx.store.count("desired"), unit="row")
+    result = publish(
+        db, ctx.settings.table, ctx.store, schema, ctx.identity.model, ctx.progress.advance
+    )
     ctx.progress.finish()
     if result.inserted or result.updated or result.deleted:
         table = db.open_table(ctx.settings.table)
@@ -564,6 +568,36 @@ def _failures_report(ctx: _Context) -> list[dict[str, Any]]:
                     "file": file_name,
                 }
             )
+    out.extend(_failed_files_report(ctx))
+    return out
+
+
+def _failed_files_report(ctx: _Context) -> list[dict[str, Any]]:
+    """Rows still missing because their whole batch file failed (e.g. validation).
+
+    Their inputs are planned again by the next run; until then the table lacks them.
+    """
+    out: list[dict[str, Any]] = []
+    for record in ctx.journal.files(states=("failed",)):
+        path = Path(record.manifest_path)
+        if not path.exists():
+            continue
+        keys = [k for ks in read_manifest(path).values() for k in ks]
+        spans: dict[str, tuple[int, int]] = {}
+        for key in ctx.store.missing_vectors(keys):
+            for source, start, end in ctx.store.where_used(key):
+                lo, hi = spans.get(source, (start, end))
+                spans[source] = (min(lo, start), max(hi, end))
+        out.extend(
+            {
+                "source": source,
+                "lines": f"{lo}-{hi}",
+                "code": "batch_failed",
+                "message": record.error or "the batch failed",
+                "file": record.name,
+            }
+            for source, (lo, hi) in sorted(spans.items())
+        )
     return out
 
 

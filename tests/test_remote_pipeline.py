@@ -127,3 +127,21 @@ def test_permanent_failures_are_reported_with_source_and_lines(
     # a failed input is not retried (and paid for) again on the next run
     again = index(docs, settings, api_key="k")
     assert again.files_planned == 0
+
+
+def test_failed_batch_is_reported_and_planned_again_next_run(
+    tmp_path: Path, api: FakeBatchAPI
+) -> None:
+    docs = copy_corpus(tmp_path / "docs")
+    api.max_lines = 1  # every file has more lines: the provider fails it at validation
+    settings = remote(tmp_path, api)
+    first = index(docs, settings, api_key="k")
+    assert first.failed and {f["code"] for f in first.failed} == {"batch_failed"}
+    assert len(table_rows(settings)) < first.chunks  # published without the failed rows
+    assert all(":" not in f["source"] and "-" in f["lines"] for f in first.failed)
+
+    api.max_lines = 50_000
+    second = index(docs, settings, api_key="k")
+    assert not second.failed and second.published
+    assert len(table_rows(settings)) == second.chunks
+    assert_table_matches_server(settings, api)
