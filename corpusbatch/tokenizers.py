@@ -150,13 +150,16 @@ class TiktokenTokenizer:
         # Per token id: how many characters start in its bytes (bytes that are not UTF-8
         # continuation bytes), and whether its first byte continues a character. Char
         # offsets of all boundaries are then one cumsum, with no decode and no byte scan.
-        starts = np.zeros(encoding.n_vocab, dtype=np.int64)
-        continues = np.zeros(encoding.n_vocab, dtype=bool)
-        for token, rank in encoding._mergeable_ranks.items():
-            starts[rank] = sum((b & 0xC0) != 0x80 for b in token)
-            continues[rank] = (token[0] & 0xC0) == 0x80
-        self._char_starts = starts
-        self._continues = continues
+        ranks: dict[bytes, int] = encoding._mergeable_ranks
+        blob = np.frombuffer(b"".join(ranks), dtype=np.uint8)
+        lengths = np.fromiter(map(len, ranks), dtype=np.int64, count=len(ranks))
+        offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        is_start = ((blob & 0xC0) != 0x80).astype(np.int64)
+        ids = np.fromiter(ranks.values(), dtype=np.int64, count=len(ranks))
+        self._char_starts = np.zeros(encoding.n_vocab, dtype=np.int64)
+        self._char_starts[ids] = np.add.reduceat(is_start, offsets)
+        self._continues = np.zeros(encoding.n_vocab, dtype=bool)
+        self._continues[ids] = is_start[offsets] == 0
 
     def encode(self, text: str) -> npt.NDArray[np.uint32]:
         """Token ids of ``text`` (special-token text is encoded as ordinary text)."""
