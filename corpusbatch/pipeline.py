@@ -534,6 +534,23 @@ def _publish(ctx: _Context) -> PublishResult:
     return result
 
 
+def _remove_loaded_files(ctx: _Context) -> None:
+    """Delete local batch, manifest and output files whose results are published.
+
+    Their vectors live in the run store now; keeping every night's JSONL (gigabytes for
+    remote outputs) would grow the index directory without bound. Files of failed or
+    pending batches are kept.
+    """
+    removed = 0
+    for record in ctx.journal.files(states=("loaded",)):
+        for name in (record.path, record.manifest_path, record.output_path, record.error_path):
+            if name and Path(name).exists():
+                Path(name).unlink()
+                removed += 1
+    if removed:
+        log.info("removed %d local batch files whose results are published", removed)
+
+
 def _table_exists(ctx: _Context) -> bool:
     try:
         _connect(ctx.paths).open_table(ctx.settings.table)
@@ -658,6 +675,7 @@ def _finish(ctx: _Context, t0: float) -> RunReport:
     if report.pending_files == 0 and (ctx.store.is_dirty() or not _table_exists(ctx)):
         result = _publish(ctx)
         ctx.store.mark_clean()
+        _remove_loaded_files(ctx)
         report.published = True
         report.new, report.changed = result.inserted, result.updated
         report.deleted, report.unchanged = result.deleted, result.unchanged
