@@ -331,16 +331,29 @@ def _decode_embedding(value: Any) -> np.ndarray:
     return np.asarray(value, dtype=np.float32)
 
 
-def _failure(
-    keys: Sequence[str], custom_id: str, status: int | None, error: Any
-) -> list[FailedInput]:
+def classify_error(status: int | None, error: Any) -> tuple[str | None, str, bool]:
+    """(code, message, retryable) of a failed output line; the one place that decides.
+
+    ``status`` is ``response.status_code`` (None for the ``response: null`` shape) and
+    ``error`` the ``response.body.error`` or top-level ``error`` object. Rate limits,
+    server errors, timeouts, expiry and cancellation may succeed when sent again; a 400
+    (bad input) will not.
+    """
     error = error if isinstance(error, dict) else {"message": str(error)}
     code = error.get("code") or error.get("type")
     code = str(code) if code is not None else None
     message = str(error.get("message") or "no message")
-    retryable = (status in RETRYABLE_STATUS) or (status is None and code in RETRYABLE_CODES)
-    if status is None and code is None:
-        retryable = True
+    if status is not None:
+        retryable = status in RETRYABLE_STATUS or status >= 500
+    else:
+        retryable = code is None or code in RETRYABLE_CODES
+    return code, message, retryable
+
+
+def _failure(
+    keys: Sequence[str], custom_id: str, status: int | None, error: Any
+) -> list[FailedInput]:
+    code, message, retryable = classify_error(status, error)
     return [FailedInput(k, custom_id, status, code, message, retryable) for k in keys]
 
 

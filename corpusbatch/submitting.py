@@ -44,15 +44,13 @@ import openai
 from .config import Profile
 from .errors import BackendError
 from .journal import FileRecord, Journal
+from .loading import classify_error
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 IN_FLIGHT = ("creating", "created")  # states whose batch may sit in the provider's queue
 TERMINAL_STATUSES = ("completed", "expired", "cancelled")  # have output and/or error files
-RETRYABLE_LINE_CODES = frozenset(
-    {"batch_expired", "batch_cancelled", "request_timeout", "rate_limit_exceeded", "server_error"}
-)
 
 
 # -- provider differences ---------------------------------------------------------------
@@ -130,27 +128,48 @@ class ProviderAdapter:
         """Did the batch fail only because the provider's queue was full?"""
         return any(code in self.capacity_codes for code, _, _ in self.batch_errors(batch))
 
+    # Line shapes. corpusbatch plans input files and loads output files in OpenAI's
+    # shapes; a provider with other shapes overrides these two hooks and sets
+    # `rewrites_lines`, and the submitter converts each file on its way out and in.
+    rewrites_lines = False
+
+    def input_line(self, line: dict[str, Any]) -> dict[str, Any]:
+        """One planned (OpenAI-shaped) input line, as this provider wants it."""
+        return line
+
+    def output_line(self, line: dict[str, Any]) -> dict[str, Any]:
+        """One of this provider's output or error lines, in OpenAI's shape."""
+        return line
+
     def parse_line(self, obj: Mapping[str, Any]) -> LineResult:
         """Classify one output/error line (both of OpenAI's error shapes)."""
+        obj = self.output_line(dict(obj))
         cid = obj.get("custom_id")
         response = obj.get("response")
-        error = obj.get("error")
-        if isinstance(response, Mapping) and not error:
+        if isinstance(response, Mapping) and not obj.get("error"):
             status = response.get("status_code")
             body = response.get("body")
             if status == 200 and isinstance(body, Mapping):
                 return LineResult(cid, True, dict(body), 200, None, None, False)
-            err = body.get("error") if isinstance(body, Mapping) else None
-            err = err if isinstance(err, Mapping) else {}
-            retryable = isinstance(status, int) and (status == 429 or status >= 500)
-            return LineResult(
-                cid, False, None, status, err.get("code"), err.get("message"), retryable
-            )
-        err = error if isinstance(error, Mapping) else {}
-        code = err.get("code")
-        return LineResult(
-            cid, False, None, None, code, err.get("message"), code in RETRYABLE_LINE_CODES
-        )
+            error = body.get("error") if isinstance(body, Mapping) else None
+            code, message, retryable = classify_error(status, error or {})
+            return LineResult(cid, False, None, status, code, message, retryable)
+        code, message, retryable = classify_error(None, obj.get("error") or {})
+        return LineResult(cid, False, None, None, code, message, retryable)
+
+
+def convert_lines(
+    src: Path, dest: Path, convert: Callable[[dict[str, Any]], dict[str, Any]]
+) -> None:
+    """Stream ``src`` to ``dest`` one JSON line at a time through ``convert`` (atomic)."""
+    part = dest.with_name(dest.name + ".part")
+    with src.open("rb") as fin, part.open("wb") as fout:
+        for raw in fin:
+            if raw.strip():
+                obj = convert(json.loads(raw))
+                fout.write(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode())
+                fout.write(b"\n")
+    part.replace(dest)
 
 
 def adapter_for(profile: Profile) -> ProviderAdapter:
@@ -290,6 +309,7 @@ class BatchSubmitter:
             step.changed = True
             return True
         journal.update(rec.name, "uploading")
+        path = self._upload_source(path)
         try:
             with path.open("rb") as fh:
                 # Some clones use another purpose string ("batch-api"); the SDK's Literal
@@ -302,6 +322,21 @@ class BatchSubmitter:
         self._emit(f"{rec.name}: uploaded as {obj.id}")
         step.changed = True
         return True
+
+    def _upload_source(self, path: Path) -> Path:
+        """The file to upload: the planned one, or its copy in the provider's line shape."""
+        if not self.adapter.rewrites_lines:
+            return path
+        converted = path.with_name(f"{path.stem}.{self.adapter.name}.jsonl")
+        if not converted.exists():
+            convert_lines(path, converted, self.adapter.input_line)
+        return converted
+
+    def _upload_size(self, rec: FileRecord) -> int:
+        if not self.adapter.rewrites_lines:
+            return rec.n_bytes
+        source = self._upload_source(Path(rec.path))
+        return source.stat().st_size
 
     def _check_local(self, journal: Journal, rec: FileRecord, path: Path) -> bool:
         """The planned file is on disk and unchanged; otherwise fail it."""
@@ -349,7 +384,7 @@ class BatchSubmitter:
             log.warning("cannot list uploaded files yet (%s)", exc)
             return
         for rec in stuck:
-            match = found.get((rec.name, rec.n_bytes))
+            match = found.get((rec.name, self._upload_size(rec)))
             if match:
                 journal.update(rec.name, "uploaded", input_file_id=match)
                 self._emit(f"{rec.name}: found earlier upload {match}")
@@ -681,6 +716,8 @@ class BatchSubmitter:
                 self._raise_if_fatal(exc)
                 log.warning("%s: download of %s failed (%s); will retry", rec.name, file_id, exc)
                 return False
+            if self.adapter.rewrites_lines:
+                convert_lines(dest, dest, self.adapter.output_line)
             paths[field] = str(dest)
         journal.update(rec.name, "downloaded", **paths)
         self._emit(f"{rec.name}: downloaded results of batch {rec.batch_id}")

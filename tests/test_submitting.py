@@ -834,3 +834,42 @@ def test_any_fault_schedule_embeds_each_input_exactly_once(plan: dict[str, Any])
         if plan["wave_cap"] is not None:
             assert api.max_enqueued_tokens <= plan["wave_cap"]
         assert [f for f in api.files.values() if f.purpose == "batch"] == []
+
+
+class _TaggingAdapter(ProviderAdapter):
+    """A provider whose lines differ from OpenAI's: inputs carry a `user` tag, and its
+    output lines nest the response under `result` (converted back on download)."""
+
+    rewrites_lines = True
+
+    def __init__(self) -> None:
+        self.name = "tagging"
+        self.outputs_converted = 0
+
+    def input_line(self, line: dict[str, Any]) -> dict[str, Any]:
+        line["body"]["user"] = "corpusbatch"
+        return line
+
+    def output_line(self, line: dict[str, Any]) -> dict[str, Any]:
+        self.outputs_converted += 1
+        if "result" in line:  # never produced by the fake; shows the direction of the hook
+            line["response"] = line.pop("result")
+        return line
+
+
+def test_adapter_rewrites_lines_both_ways_without_touching_planner_or_loader(
+    tmp_path: Path, api: FakeBatchAPI
+) -> None:
+    adapter = _TaggingAdapter()
+    h = Harness(tmp_path, api, adapter=adapter, delete_remote_files=False)
+    texts = _texts("t", 6)
+    h.add([texts[:3], texts[3:]])
+    h.run()
+    assert h.states() == {"loaded": 1}
+    h.assert_exactly_once(texts)
+    uploaded = [f for f in api.files.values() if f.filename.startswith("b-test")]
+    assert uploaded and all(
+        json.loads(line)["body"]["user"] == "corpusbatch"
+        for line in uploaded[0].data.decode().splitlines()
+    )
+    assert adapter.outputs_converted == 2  # every output line went through the hook
