@@ -27,16 +27,16 @@ def api() -> FakeBatchAPI:
 
 
 def remote(tmp_path: Path, api: FakeBatchAPI, **kw: object) -> Settings:
-    limits = kw.pop("limits", {"max_inputs_per_file": 40, "max_inputs_per_request": 8})
-    return Settings(
-        index_dir=tmp_path / "idx",
-        provider="openai",
-        base_url=api.base_url,
-        dimensions=64,
-        poll_interval=0.01,
-        limits=limits,  # type: ignore[arg-type]
-        **kw,  # type: ignore[arg-type]
-    )
+    options: dict[str, object] = {
+        "index_dir": tmp_path / "idx",
+        "provider": "openai",
+        "base_url": api.base_url,
+        "dimensions": 64,
+        "poll_interval": 0.01,
+        "limits": {"max_inputs_per_file": 40, "max_inputs_per_request": 8},
+    }
+    options.update(kw)
+    return Settings(**options)  # type: ignore[arg-type]
 
 
 def table_rows(settings: Settings) -> list[dict[str, object]]:
@@ -145,3 +145,29 @@ def test_failed_batch_is_reported_and_planned_again_next_run(
     assert not second.failed and second.published
     assert len(table_rows(settings)) == second.chunks
     assert_table_matches_server(settings, api)
+
+
+def test_model_change_builds_beside_the_old_table_and_swaps_when_complete(
+    tmp_path: Path, api: FakeBatchAPI
+) -> None:
+    docs = copy_corpus(tmp_path / "docs")
+    small = remote(tmp_path, api)
+    first = index(docs, small, api_key="k")
+    question = "How hot should the water be?"
+    before = [h.id for h in search_index(question, small, k=3, api_key="k")]
+
+    large = remote(tmp_path, api, model="text-embedding-3-large", dimensions=32)
+    api.auto_advance = False
+    pending = index(docs, large, api_key="k", wait=False)
+    assert pending.pending_files > 0 and not pending.published
+    # meanwhile the old table still answers, with the old model's vectors
+    assert {r["model"] for r in table_rows(small)} == {"text-embedding-3-small"}
+    assert [h.id for h in search_index(question, large, k=3, api_key="k")] == before
+
+    api.advance_all()
+    done = collect(large, api_key="k")
+    assert done.published and done.deleted == first.chunks
+    rows = table_rows(large)
+    assert {r["model"] for r in rows} == {"text-embedding-3-large"}
+    assert {len(r["vector"]) for r in rows} == {32}
+    assert len(rows) == first.chunks  # nothing mixed, nothing lost
