@@ -12,9 +12,10 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -22,6 +23,7 @@ from .config import PROFILES, Settings, settings_from
 from .errors import CorpusbatchError
 
 EXIT_PARTIAL = 4
+F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("corpusbatch")
 
 
@@ -127,62 +129,85 @@ class _Group(click.Group):
             sys.exit(exc.exit_code)
 
 
-def _index_options(f: Any) -> Any:
-    opts = [
-        click.option(
-            "--index-dir",
-            type=click.Path(path_type=Path),
-            help="Where the index lives (default ./.corpusbatch).",
-        ),
-        click.option("--table", help="Table name in the index (default chunks)."),
-        click.option(
-            "--config",
-            "config_path",
-            type=click.Path(path_type=Path),
-            help="Config file (default ./corpusbatch.toml if present).",
-        ),
-        click.option(
-            "--provider",
-            type=str,
-            help=f"Embedding provider: {', '.join(PROFILES)} (default local), "
-            "or any name with --base-url.",
-        ),
-        click.option("--model", help="Embedding model (default: the provider's)."),
-        click.option(
-            "--dimensions",
-            type=int,
-            help="Ask the model for shorter vectors (text-embedding-3 only).",
-        ),
-        click.option("--base-url", help="Base URL of an OpenAI-compatible API (generic provider)."),
-        click.option("--api-key-env", help="Environment variable holding the API key."),
-        click.option("--input-prefix", help="Text prepended to every chunk before embedding."),
-        click.option("--chunk-tokens", type=int, help="Maximum tokens per chunk."),
-        click.option(
-            "--overlap",
-            "overlap_tokens",
-            type=int,
-            help="Tokens shared by consecutive chunks (default 0).",
-        ),
-        click.option("--include", multiple=True, help="Glob of files to index (repeatable)."),
-        click.option(
-            "--exclude",
-            multiple=True,
-            help="Glob of files to skip (repeatable; wins over --include).",
-        ),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+_WHERE = [
+    click.option(
+        "--index-dir",
+        type=click.Path(path_type=Path),
+        help="Where the index lives (default ./.corpusbatch).",
+    ),
+    click.option("--table", help="Table name in the index (default chunks)."),
+    click.option(
+        "--config",
+        "config_path",
+        type=click.Path(path_type=Path),
+        help="Config file (default ./corpusbatch.toml if present).",
+    ),
+]
+_PROVIDER = [
+    click.option(
+        "--provider",
+        type=str,
+        help=f"Embedding provider: {', '.join(PROFILES)} (default local), "
+        "or any name with --base-url.",
+    ),
+    click.option("--base-url", help="Base URL of an OpenAI-compatible API (generic provider)."),
+    click.option("--api-key-env", help="Environment variable holding the API key."),
+]
+_MODEL = [
+    click.option("--model", help="Embedding model (default: the provider's)."),
+    click.option(
+        "--dimensions",
+        type=int,
+        help="Ask the model for shorter vectors (text-embedding-3 only).",
+    ),
+    click.option("--input-prefix", help="Text prepended to every chunk before embedding."),
+]
+_CHUNKING = [
+    click.option("--chunk-tokens", type=int, help="Maximum tokens per chunk."),
+    click.option(
+        "--overlap",
+        "overlap_tokens",
+        type=int,
+        help="Tokens shared by consecutive chunks (default 0).",
+    ),
+    click.option("--include", multiple=True, help="Glob of files to index (repeatable)."),
+    click.option(
+        "--exclude",
+        multiple=True,
+        help="Glob of files to skip (repeatable; wins over --include).",
+    ),
+]
 
 
-def _settings(**flags: Any) -> Settings:
+def _options(*groups: list[Any]) -> Callable[[F], F]:
+    """Apply groups of shared click options, in order."""
+
+    def apply(f: F) -> F:
+        for opt in reversed([o for group in groups for o in group]):
+            f = opt(f)
+        return f
+
+    return apply
+
+
+_index_options = _options(_WHERE, _PROVIDER, _MODEL, _CHUNKING)
+
+
+def _settings(*, remember: bool = True, **flags: Any) -> Settings:
+    """Settings from flags > config file > what the index remembers (unless ``remember``
+    is off, as for `index` and `plan`) > defaults."""
     config_path = flags.pop("config_path", None)
     if config_path is None and Path("corpusbatch.toml").exists():
         config_path = Path("corpusbatch.toml")
     for key in ("include", "exclude"):
         if not flags.get(key):
             flags.pop(key, None)
-    return settings_from(flags, config_path)
+    settings = settings_from(flags, config_path)
+    if not remember:
+        return settings
+    from .pipeline import last_settings
+
+    return settings_from(flags, config_path, last_settings(settings.index_dir))
 
 
 def _api_key(settings: Settings) -> str | None:
@@ -280,7 +305,7 @@ def index_cmd(
     from .pipeline import index
 
     _setup_logging(ctx.obj["verbose"], quiet or as_json)
-    settings = _settings(max_cost=max_cost, **flags)
+    settings = _settings(remember=False, max_cost=max_cost, **flags)
     report = index(
         root,
         settings,
@@ -310,18 +335,13 @@ def plan_cmd(ctx: click.Context, /, root: Path, as_json: bool, **flags: Any) -> 
     from .pipeline import index
 
     _setup_logging(ctx.obj["verbose"], as_json)
-    settings = _settings(**flags)
+    settings = _settings(remember=False, **flags)
     report = index(root, settings, dry_run=True, progress=_progress(as_json))
     _print_report(report.to_dict(), as_json)
 
 
 @main.command("collect")
-@click.option("--index-dir", type=click.Path(path_type=Path), help="Where the index lives.")
-@click.option("--table", help="Table name in the index (default chunks).")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Config file.")
-@click.option("--provider", help="Provider the batches were sent to.")
-@click.option("--base-url", help="Base URL of an OpenAI-compatible API.")
-@click.option("--api-key-env", help="Environment variable holding the API key.")
+@_options(_WHERE, _PROVIDER)
 @click.option("--no-wait", is_flag=True, help="Load what has finished and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run report as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors.")
@@ -359,12 +379,7 @@ def collect_cmd(
     help="Vector, full-text or hybrid (both, fused) search.",
 )
 @click.option("--where", help="SQL filter on columns, e.g. \"source LIKE 'guides/%'\".")
-@click.option("--index-dir", type=click.Path(path_type=Path), help="Where the index lives.")
-@click.option("--table", help="Table name in the index (default chunks).")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Config file.")
-@click.option("--provider", help="Provider for embedding the question (default: the table's).")
-@click.option("--base-url", help="Base URL of an OpenAI-compatible API.")
-@click.option("--api-key-env", help="Environment variable holding the API key.")
+@_options(_WHERE, _PROVIDER)
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @click.pass_context
 def search_cmd(
@@ -416,11 +431,7 @@ def _api_key_for_search(settings: Settings) -> str | None:
 
 
 @main.command("status")
-@click.option("--index-dir", type=click.Path(path_type=Path), help="Where the index lives.")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Config file.")
-@click.option("--provider", help="Provider the batches were sent to (to ask it for live status).")
-@click.option("--base-url", help="Base URL of an OpenAI-compatible API.")
-@click.option("--api-key-env", help="Environment variable holding the API key.")
+@_options(_WHERE, _PROVIDER)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.pass_context
 def status_cmd(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
@@ -446,11 +457,7 @@ def status_cmd(ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
 
 
 @main.command("cancel")
-@click.option("--index-dir", type=click.Path(path_type=Path), help="Where the index lives.")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Config file.")
-@click.option("--provider", help="Provider the batches were sent to.")
-@click.option("--base-url", help="Base URL of an OpenAI-compatible API.")
-@click.option("--api-key-env", help="Environment variable holding the API key.")
+@_options(_WHERE, _PROVIDER)
 @click.pass_context
 def cancel_cmd(ctx: click.Context, /, **flags: Any) -> None:
     """Cancel every in-flight batch. Finished lines are kept and loaded by `collect`.
@@ -471,14 +478,7 @@ def cancel_cmd(ctx: click.Context, /, **flags: Any) -> None:
 @click.argument(
     "root", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path)
 )
-@click.option("--index-dir", type=click.Path(path_type=Path), help="Where the index lives.")
-@click.option("--table", help="Table name in the index (default chunks).")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Config file.")
-@click.option("--provider", help="Provider the index was built with.")
-@click.option("--model", help="Model the index was built with.")
-@click.option("--dimensions", type=int, help="Dimensions the index was built with.")
-@click.option("--base-url", help="Base URL of an OpenAI-compatible API.")
-@click.option("--api-key-env", help="Environment variable holding the API key.")
+@_options(_WHERE, _PROVIDER, _MODEL)
 @click.option("--repair", is_flag=True, help="Re-embed and republish only what is wrong.")
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
 @click.pass_context

@@ -250,9 +250,44 @@ def load_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def settings_from(overrides: dict[str, Any], config_path: Path | None = None) -> Settings:
-    """Build Settings: ``overrides`` (flags, None = unset) over the config file."""
-    values: dict[str, Any] = {}
+# Settings an index remembers from its last `index` run, so that `collect`, `status`,
+# `cancel`, `verify` and `search` on that index need no flags. `index` itself never uses
+# them: which provider (and so whether money is spent) must come from a flag or a file.
+REMEMBERED = (
+    "table",
+    "provider",
+    "model",
+    "dimensions",
+    "input_prefix",
+    "chunk_tokens",
+    "overlap_tokens",
+    "include",
+    "exclude",
+    "base_url",
+    "api_key_env",
+    "limits",
+    "prices",
+    "max_attempts",
+    "poll_interval",
+    "delete_remote_files",
+)
+
+
+def remembered(settings: Settings) -> dict[str, Any]:
+    """The REMEMBERED fields of ``settings``, JSON-ready."""
+    out = {k: getattr(settings, k) for k in REMEMBERED}
+    out["include"], out["exclude"] = list(settings.include), list(settings.exclude)
+    return out
+
+
+def settings_from(
+    overrides: dict[str, Any],
+    config_path: Path | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> Settings:
+    """Build Settings: ``overrides`` (flags, None = unset) over the config file, over
+    ``defaults`` (what the index remembers), over the built-in defaults."""
+    values: dict[str, Any] = {k: v for k, v in (defaults or {}).items() if k in REMEMBERED}
     if config_path is not None:
         values.update(load_config_file(config_path))
     values.update({k: v for k, v in overrides.items() if v is not None})

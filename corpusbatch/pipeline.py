@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import secrets
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .chunking import Chunker, ChunkerConfig
-from .config import Settings
+from .config import Settings, remembered
 from .errors import ConfigError, CostLimitExceeded, IndexNotFound, LockedError
 from .journal import FileRecord, Journal
 from .loading import (
@@ -661,6 +662,8 @@ def _run(
     if dry_run:
         report.pending_files = len(ctx.journal.pending())
         return report
+    with ctx.store.transaction():
+        ctx.store.set_meta("settings", json.dumps(remembered(ctx.settings)))
     _execute(ctx, api_key, wait)
     report.durations["embed"] = round(time.monotonic() - t2, 3)
     return _finish(ctx, t0)
@@ -687,6 +690,19 @@ def _finish(ctx: _Context, t0: float) -> RunReport:
     report.durations["publish"] = round(time.monotonic() - t3, 3)
     report.durations["total"] = round(time.monotonic() - t0, 3)
     return report
+
+
+def last_settings(index_dir: Path) -> dict[str, Any]:
+    """The settings the last `index` run on ``index_dir`` used (empty if none)."""
+    path = IndexPaths(index_dir).store
+    if not path.exists():
+        return {}
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()
+        except sqlite3.OperationalError:
+            return {}
+    return dict(json.loads(row[0])) if row else {}
 
 
 def open_table(settings: Settings) -> Any:

@@ -97,3 +97,30 @@ def test_non_tty_progress_is_plain_timestamped_lines(runner: CliRunner, docs: Pa
 def test_status_with_nothing_in_flight(runner: CliRunner) -> None:
     result = runner.invoke(main, ["status"])
     assert result.exit_code == 0 and "nothing in flight" in result.output
+
+
+def test_collect_status_and_search_remember_the_index_settings(
+    runner: CliRunner, docs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fakeapi import FakeBatchAPI
+
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    with FakeBatchAPI(default_dims=16) as api:
+        api.auto_advance = False
+        flags = ["--provider", "openai", "--base-url", api.base_url, "--dimensions", "16"]
+        first = runner.invoke(main, ["index", str(docs), *flags, "--no-wait", "--json"])
+        assert first.exit_code == 0, first.output
+        assert json.loads(first.stdout)["pending_files"] == 1
+
+        status = runner.invoke(main, ["status", "--json"])  # no flags: the index knows
+        assert status.exit_code == 0, status.output
+        assert [row["batch_status"] for row in json.loads(status.stdout)] == ["validating"]
+
+        api.advance_all()
+        done = runner.invoke(main, ["collect", "--json"])
+        assert done.exit_code == 0, done.output
+        assert json.loads(done.stdout)["published"]
+        hits = runner.invoke(main, ["search", "aeropress", "-k", "1", "--json"])
+        assert hits.exit_code == 0, hits.output
+        assert len(json.loads(hits.stdout)) == 1
+    assert "test-key" not in (Path(".corpusbatch") / "store.db").read_bytes().decode("latin-1")
