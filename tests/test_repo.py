@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
+
+import pytest
 
 import corpusbatch
 
@@ -33,3 +37,21 @@ def test_public_api_is_declared_once_and_importable() -> None:
     assert len(set(names)) == len(names)
     for name in names:
         assert getattr(corpusbatch, name) is not None
+
+
+def _run_tool(*args: str) -> subprocess.CompletedProcess[str]:
+    if shutil.which(args[0]) is None:
+        pytest.skip(f"{args[0]} is not installed (it comes with the [dev] extra)")
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def test_ruff_is_clean() -> None:
+    lint = _run_tool("ruff", "check", "corpusbatch", "tests", "scripts")
+    assert lint.returncode == 0, lint.stdout
+    fmt = _run_tool("ruff", "format", "--check", "corpusbatch")
+    assert fmt.returncode == 0, fmt.stdout
+
+
+def test_mypy_strict_is_clean() -> None:
+    result = _run_tool("mypy")
+    assert result.returncode == 0, result.stdout

@@ -1,0 +1,91 @@
+"""Settings resolution: precedence, provider profiles, limits, validation messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from corpusbatch.config import PROFILES, Settings, remembered, settings_from
+from corpusbatch.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "corpusbatch.toml"
+    path.write_text(text)
+    return path
+
+
+def test_flags_beat_config_file_beat_remembered_beat_defaults(tmp_path: Path) -> None:
+    cfg = write(tmp_path, 'provider = "openai"\nchunk_tokens = 300\nexclude = ["drafts/**"]\n')
+    memory = {"provider": "deepinfra", "chunk_tokens": 100, "overlap_tokens": 7, "table": "t"}
+    s = settings_from({"chunk_tokens": 200, "model": None}, cfg, memory)
+    assert s.chunk_tokens == 200  # flag
+    assert s.provider == "openai"  # config file over memory
+    assert s.exclude == ("drafts/**",)
+    assert (s.overlap_tokens, s.table) == (7, "t")  # remembered
+    assert s.poll_interval == Settings().poll_interval  # built-in default
+
+
+def test_remembered_round_trips_and_never_holds_secrets() -> None:
+    s = Settings(provider="openai", include=("*.md",), limits={"max_lines_per_file": 10})
+    memory = remembered(s)
+    assert settings_from({}, None, memory).include == ("*.md",)
+    assert not any("key" in k and k != "api_key_env" for k in memory)
+
+
+def test_unknown_config_key_and_bad_toml_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="api_key"):
+        settings_from({}, write(tmp_path, 'api_key = "sk-123"\n'))
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        settings_from({}, write(tmp_path, "provider = \n"))
+
+
+def test_limits_override_and_unknown_limit(tmp_path: Path) -> None:
+    s = settings_from(
+        {}, write(tmp_path, "provider='openai'\n[limits]\nmax_enqueued_tokens = 20000000\n")
+    )
+    assert s.profile().limits.max_enqueued_tokens == 20_000_000
+    assert s.profile().limits.max_lines_per_file == 50_000
+    with pytest.raises(ConfigError, match="unknown limit"):
+        Settings(provider="openai", limits={"max_widgets": 1}).profile()
+
+
+def test_profiles_carry_urls_keys_tokenizers_and_prices() -> None:
+    assert PROFILES["deepinfra"].base_url == "https://api.deepinfra.com/v1/openai"
+    assert PROFILES["deepinfra"].api_key_env == "DEEPINFRA_TOKEN"
+    small = Settings(provider="openai").model_spec()
+    assert (small.tokenizer, small.max_input_tokens) == ("cl100k_base", 8191)
+    assert small.batch_price_per_mtok == small.realtime_price_per_mtok / 2
+    assert Settings().model_spec().tokenizer == "local-minilm"
+    priced = Settings(provider="openai", prices={"batch": 1.0}).model_spec()
+    assert priced.batch_price_per_mtok == 1.0
+
+
+def test_generic_provider_from_base_url() -> None:
+    s = Settings(
+        provider="myvllm", base_url="http://127.0.0.1:8000/v1", model="bge", api_key_env="MY_KEY"
+    )
+    profile = s.profile()
+    assert (profile.base_url, profile.api_key_env, profile.remote) == (
+        "http://127.0.0.1:8000/v1",
+        "MY_KEY",
+        True,
+    )
+    assert s.model_spec().tokenizer == "cl100k_base"  # counted with a margin
+    with pytest.raises(ConfigError, match="--base-url"):
+        Settings(provider="myvllm").profile()
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        (Settings(chunk_tokens=300), "254-token input limit"),
+        (Settings(chunk_tokens=100, overlap_tokens=100), "overlap"),
+        (Settings(model="text-embedding-3-small"), "not available on the local backend"),
+    ],
+)
+def test_bad_settings_say_what_to_do(settings: Settings, match: str) -> None:
+    with pytest.raises(ConfigError, match=match) as info:
+        settings.effective_chunk_tokens()
+    assert info.value.hint  # every message says what to do next
