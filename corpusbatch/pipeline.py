@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from .chunking import Chunker, ChunkerConfig
 from .config import Settings, remembered
-from .errors import ConfigError, CostLimitExceeded, IndexNotFound, LockedError
+from .errors import ChunkingError, ConfigError, CostLimitExceeded, IndexNotFound, LockedError
 from .journal import FileRecord, Journal
 from .loading import (
     LoadResult,
@@ -315,7 +315,14 @@ def _scan_one(
     if prev is not None and prev.sha256 == doc.sha256:
         store.put_source(rel, state, None)
         return True
-    chunks = ctx.chunker.chunk(doc)
+    try:
+        chunks = ctx.chunker.chunk(doc)
+    except ChunkingError as exc:  # one bad document must not stop the run
+        remember(rel, f"cannot be chunked: {exc}")
+        store.put_source(
+            rel, SourceState(_SKIPPED + reasons[-1], st.st_size, st.st_mtime_ns, fp), []
+        )
+        return True
     store.put_source(rel, state, desired_rows(chunks, ctx.identity, {}))
     return True
 

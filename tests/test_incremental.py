@@ -159,3 +159,15 @@ def test_concurrent_run_exits_75_with_a_clear_message(tmp_path: Path) -> None:
         not (paths.root / "lancedb").exists()
         or not lancedb.connect(str(paths.root / "lancedb")).list_tables().tables
     )
+
+
+def test_a_document_that_cannot_be_chunked_is_skipped_not_fatal(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "emoji.txt").write_text("😀😀😀 日本語のテキスト\n")
+    (docs / "plain.txt").write_text("plain words\n")
+    settings = Settings(index_dir=tmp_path / "idx", provider="openai", chunk_tokens=1)
+    report = index(docs, settings, dry_run=True)
+    reasons = {s["path"]: s["reason"] for s in report.skipped}
+    assert "emoji.txt" in reasons and "--chunk-tokens" in reasons["emoji.txt"]
+    assert report.documents == 1 and report.to_embed_inputs >= 2  # plain.txt went on
