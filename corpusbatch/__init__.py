@@ -21,24 +21,25 @@ from .errors import (
 )
 from .types import Chunk, Document, EmbeddingIdentity
 
-_PIPELINE = {
-    "RunReport",
-    "batch_status",
-    "cancel_batches",
-    "collect",
-    "index",
-    "open_table",
-    "search_index",
+_LAZY = {
+    "RunReport": "pipeline",
+    "batch_status": "pipeline",
+    "cancel_batches": "pipeline",
+    "collect": "pipeline",
+    "index": "pipeline",
+    "open_table": "workspace",
+    "search_index": "search",
+    "verify": "verify",
 }
 
 
 def __getattr__(name: str) -> object:
     # The pipeline pulls in LanceDB and the tokenizers; import it on first use so that
     # `import corpusbatch.sources` (or the CLI's --help) stays fast.
-    if name in _PIPELINE:
-        from . import pipeline
+    if name in _LAZY:
+        import importlib
 
-        return getattr(pipeline, name)
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'corpusbatch' has no attribute {name!r}")
 
 
@@ -69,4 +70,5 @@ __all__ = [
     "index",
     "open_table",
     "search_index",
+    "verify",
 ]

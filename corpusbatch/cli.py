@@ -205,7 +205,7 @@ def _settings(*, remember: bool = True, **flags: Any) -> Settings:
     settings = settings_from(flags, config_path)
     if not remember:
         return settings
-    from .pipeline import last_settings
+    from .workspace import last_settings
 
     return settings_from(flags, config_path, last_settings(settings.index_dir))
 
@@ -400,7 +400,7 @@ def search_cmd(
       corpusbatch search "descaling" --mode hybrid -k 3
       corpusbatch search "milk" --where "source LIKE 'guides/%'" --json
     """
-    from .pipeline import search_index
+    from .search import search_index
 
     _setup_logging(ctx.obj["verbose"], True)
     settings = _settings(**flags)
@@ -422,7 +422,7 @@ def search_cmd(
 
 
 def _api_key_for_search(settings: Settings) -> str | None:
-    from .pipeline import open_table, table_identity
+    from .workspace import open_table, table_identity
 
     provider = table_identity(open_table(settings)).get("provider") or settings.provider
     if provider == "local":

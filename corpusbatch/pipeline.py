@@ -8,14 +8,11 @@ question from the published table.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
 import json
 import logging
 import os
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -25,7 +22,7 @@ from typing import Any, Protocol
 
 from .chunking import Chunker, ChunkerConfig
 from .config import Settings, remembered
-from .errors import ChunkingError, ConfigError, CostLimitExceeded, IndexNotFound, LockedError
+from .errors import ChunkingError, ConfigError, CostLimitExceeded, IndexNotFound
 from .journal import FileRecord, Journal
 from .loading import (
     LoadResult,
@@ -41,6 +38,7 @@ from .planning import PlanSummary, plan_files, read_manifest, summarize, waves
 from .sources import list_files, read_document
 from .tokenizers import Tokenizer, get_tokenizer
 from .types import EmbeddingIdentity, EmbedItem, PlannedFile
+from .workspace import IndexPaths, connect, index_lock
 
 log = logging.getLogger(__name__)
 
@@ -108,57 +106,6 @@ class RunReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class IndexPaths:
-    """Where an index keeps its files (see docs/architecture.md)."""
-
-    root: Path
-
-    @property
-    def journal(self) -> Path:
-        return self.root / "state.db"
-
-    @property
-    def store(self) -> Path:
-        return self.root / "store.db"
-
-    @property
-    def lancedb(self) -> Path:
-        return self.root / "lancedb"
-
-    @property
-    def batches(self) -> Path:
-        return self.root / "batches"
-
-    @property
-    def outputs(self) -> Path:
-        return self.root / "outputs"
-
-    @property
-    def lock(self) -> Path:
-        return self.root / "lock"
-
-
-@contextlib.contextmanager
-def index_lock(paths: IndexPaths) -> Iterator[None]:
-    """Hold the index directory's lock, or raise :class:`LockedError` at once."""
-    paths.root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LockedError(
-                f"another corpusbatch run is using {paths.root}",
-                hint="wait for it to finish (a cron job should just try again later)",
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -455,8 +402,9 @@ class _Loader:
         if not result.failed:
             return
         can_retry = record.attempt + 1 < ctx.settings.max_attempts
-        retry = sorted({f.key for f in result.failed if f.retryable and can_retry})
-        permanent = [f for f in result.failed if f.key not in set(retry)]
+        retry_keys = {f.key for f in result.failed if f.retryable and can_retry}
+        retry = sorted(retry_keys)
+        permanent = [f for f in result.failed if f.key not in retry_keys]
         if retry:
             texts = ctx.store.texts_for(retry)
             rows = ((k, *texts[k]) for k in retry if k in texts)
@@ -521,14 +469,8 @@ def _execute(ctx: _Context, api_key: str | None, wait: bool) -> None:
 
 
 # -- stage 4: publish ------------------------------------------------------------------
-def _connect(paths: IndexPaths) -> Any:
-    import lancedb
-
-    return lancedb.connect(str(paths.lancedb))
-
-
 def _publish(ctx: _Context) -> PublishResult:
-    db = _connect(ctx.paths)
+    db = connect(ctx.paths)
     schema = table_schema(ctx.identity, ctx.table_meta())
     ctx.progress.start("loading", total=ctx.store.count("desired"), unit="row")
     result = publish(
@@ -561,7 +503,7 @@ def _remove_loaded_files(ctx: _Context) -> None:
 
 def _table_exists(ctx: _Context) -> bool:
     try:
-        _connect(ctx.paths).open_table(ctx.settings.table)
+        connect(ctx.paths).open_table(ctx.settings.table)
     except (FileNotFoundError, ValueError):
         return False
     return True
@@ -693,89 +635,10 @@ def _finish(ctx: _Context, t0: float) -> RunReport:
     elif report.pending_files == 0:  # the table already is the desired state
         report.published = True
         report.unchanged = ctx.store.count("desired")
-        report.table_version = _connect(ctx.paths).open_table(ctx.settings.table).version
+        report.table_version = connect(ctx.paths).open_table(ctx.settings.table).version
     report.durations["publish"] = round(time.monotonic() - t3, 3)
     report.durations["total"] = round(time.monotonic() - t0, 3)
     return report
-
-
-def last_settings(index_dir: Path) -> dict[str, Any]:
-    """The settings the last `index` run on ``index_dir`` used (empty if none)."""
-    path = IndexPaths(index_dir).store
-    if not path.exists():
-        return {}
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-        try:
-            row = db.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()
-        except sqlite3.OperationalError:
-            return {}
-    return dict(json.loads(row[0])) if row else {}
-
-
-def open_table(settings: Settings) -> Any:
-    """Open the published table, or raise :class:`IndexNotFound` with what to do."""
-    paths = IndexPaths(settings.index_dir)
-    if not paths.lancedb.exists():
-        raise IndexNotFound(
-            f"no index in {paths.root}",
-            hint="run `corpusbatch index DIR` first, or pass --index-dir",
-        )
-    db = _connect(paths)
-    try:
-        return db.open_table(settings.table)
-    except (FileNotFoundError, ValueError) as exc:
-        raise IndexNotFound(
-            f"table {settings.table!r} not found in {paths.lancedb}",
-            hint="run `corpusbatch index DIR` to completion first",
-        ) from exc
-
-
-def table_identity(table: Any) -> dict[str, Any]:
-    """The identity recorded in a published table's metadata."""
-    meta = table.schema.metadata or {}
-    raw = meta.get(b"corpusbatch")
-    return dict(json.loads(raw)) if raw else {}
-
-
-def search_index(
-    question: str,
-    settings: Settings,
-    *,
-    k: int = 5,
-    mode: str = "vector",
-    where: str | None = None,
-    api_key: str | None = None,
-) -> list[Any]:
-    """Answer ``question`` from the published table with the model that built it."""
-    from .search import search
-
-    table = open_table(settings)
-    ident = table_identity(table)
-    model = ident.get("model") or settings.model_spec().name
-    embed = _query_embedder(settings, ident, model, api_key)
-    return list(search(table, question, embed=embed, k=k, mode=mode, where=where))
-
-
-def _query_embedder(
-    settings: Settings, ident: dict[str, Any], model: str, api_key: str | None
-) -> Callable[[list[str]], Any]:
-    prefix = str(ident.get("input_prefix") or "")
-    if ident.get("provider", settings.provider) == "local" or not settings.profile().remote:
-        from .local import LocalBackend
-
-        backend = LocalBackend()
-        return lambda texts: backend.embed([prefix + t for t in texts])
-    from .submitting import RemoteEmbedder, make_client
-
-    if not api_key:
-        raise ConfigError(
-            f"searching a table built with {model} needs the provider's API key",
-            hint=f"set {settings.profile().api_key_env} and pass --provider",
-        )
-    remote = RemoteEmbedder(
-        make_client(settings.profile(), api_key), model, ident.get("request_dimensions")
-    )
-    return lambda texts: remote.embed([prefix + t for t in texts])
 
 
 def collect(

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from .errors import CorpusbatchError, IndexNotFound
+from .config import Settings
+from .errors import ConfigError, CorpusbatchError, IndexNotFound
+from .workspace import open_table, table_identity
 
 if TYPE_CHECKING:
     from lancedb.table import Table
@@ -193,3 +195,42 @@ def _hit(row: dict[str, Any], mode: str) -> Hit:
         end_line=int(row["end_line"]),
         score=score,
     )
+
+
+def search_index(
+    question: str,
+    settings: Settings,
+    *,
+    k: int = 5,
+    mode: str = "vector",
+    where: str | None = None,
+    api_key: str | None = None,
+) -> list[Any]:
+    """Answer ``question`` from the published table with the model that built it."""
+    table = open_table(settings)
+    ident = table_identity(table)
+    model = ident.get("model") or settings.model_spec().name
+    embed = _query_embedder(settings, ident, model, api_key)
+    return list(search(table, question, embed=embed, k=k, mode=mode, where=where))
+
+
+def _query_embedder(
+    settings: Settings, ident: dict[str, Any], model: str, api_key: str | None
+) -> Callable[[list[str]], Any]:
+    prefix = str(ident.get("input_prefix") or "")
+    if ident.get("provider", settings.provider) == "local" or not settings.profile().remote:
+        from .local import LocalBackend
+
+        backend = LocalBackend()
+        return lambda texts: backend.embed([prefix + t for t in texts])
+    from .submitting import RemoteEmbedder, make_client
+
+    if not api_key:
+        raise ConfigError(
+            f"searching a table built with {model} needs the provider's API key",
+            hint=f"set {settings.profile().api_key_env} and pass --provider",
+        )
+    remote = RemoteEmbedder(
+        make_client(settings.profile(), api_key), model, ident.get("request_dimensions")
+    )
+    return lambda texts: remote.embed([prefix + t for t in texts])

@@ -21,8 +21,9 @@ from .config import Settings
 from .errors import IndexNotFound
 from .journal import Journal
 from .loading import RunStore, sql_in
-from .pipeline import IndexPaths, RunReport, index, index_lock, open_table, resolve_identity
+from .pipeline import RunReport, index, resolve_identity
 from .types import content_hash
+from .workspace import IndexPaths, index_lock, open_table
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from corpusbatch import Settings, index, open_table
-from corpusbatch.pipeline import IndexPaths, index_lock
 from corpusbatch.verify import verify
+from corpusbatch.workspace import IndexPaths, index_lock
 
 pytestmark = pytest.mark.slow
 

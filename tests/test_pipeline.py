@@ -10,7 +10,7 @@ import pytest
 
 from corpusbatch import Settings, index, open_table, search_index
 from corpusbatch.errors import CostLimitExceeded, LockedError
-from corpusbatch.pipeline import IndexPaths, index_lock
+from corpusbatch.workspace import IndexPaths, index_lock
 
 SAMPLE_CORPUS = Path(__file__).resolve().parent.parent / "sample_corpus"
 
