@@ -38,7 +38,7 @@ class TerminalProgress:
         from tqdm import tqdm
 
         self.finish()
-        self._bar = tqdm(total=total, desc=f"{stage:<9}", unit=unit, leave=True, file=sys.stderr)
+        self._bar = tqdm(total=total, desc=f"{stage:<20}", unit=unit, leave=True, file=sys.stderr)
 
     def advance(self, n: int = 1) -> None:
         if self._bar is not None:
@@ -103,9 +103,30 @@ def _progress(quiet: bool) -> Any:
     return TerminalProgress() if sys.stderr.isatty() else LineProgress()
 
 
+class _TqdmHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes log lines above the progress bars instead of through them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # logging must never raise
+            self.handleError(record)
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    handler = logging.StreamHandler(sys.stderr)
+    """Plain timestamped INFO lines off a terminal; on one, bars plus warnings (-v: INFO)."""
+    tty = sys.stderr.isatty()
+    if quiet:
+        level = logging.WARNING
+    elif verbose > 1:
+        level = logging.DEBUG
+    elif tty and not verbose:
+        level = logging.WARNING  # the bars and the final report tell the rest
+    else:
+        level = logging.INFO
+    handler: logging.Handler = _TqdmHandler() if tty else logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
     )
@@ -218,17 +239,24 @@ def _api_key(settings: Settings) -> str | None:
     return os.environ.get(profile.api_key_env)
 
 
+def _cost(report: dict[str, Any]) -> str:
+    if report["provider"] == "local":
+        return "no cost (local model)"
+    return (
+        f"estimated cost ${report['estimated_cost_batch']:.4f} at batch price "
+        f"(${report['estimated_cost_realtime']:.4f} real-time)"
+    )
+
+
 def _print_report(report: dict[str, Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
         return
     lines = [
-        f"documents {report['documents']} ({report['documents_read']} read), "
-        f"skipped {len(report['skipped'])}, chunks {report['chunks']}",
+        f"documents {report['documents']} ({report['documents_read']} files read, "
+        f"{len(report['skipped'])} skipped), chunks {report['chunks']}",
         f"to embed: {report['to_embed_inputs']} inputs, {report['to_embed_tokens']:,} tokens "
-        f"in {report['files_planned']} files, {report['waves']} waves; estimated cost "
-        f"${report['estimated_cost_batch']:.4f} batch / ${report['estimated_cost_realtime']:.4f} "
-        "real-time",
+        f"in {report['files_planned']} files, {report['waves']} waves; " + _cost(report),
     ]
     if report.get("published"):
         lines.append(

@@ -197,7 +197,7 @@ def _scan(ctx: _Context, *, full_scan: bool = False) -> None:
     files = list_files(ctx.root, ctx.settings.include, ctx.settings.exclude, on_skip=on_skip)
     root = ctx.root.resolve()
     seen: set[str] = set()
-    progress.start("reading", total=len(files), unit="file")
+    progress.start("reading and chunking", total=len(files), unit="file")
     prefix = str(root) + os.sep
     with store.transaction():
         for path in files:
@@ -341,9 +341,7 @@ def plan_missing(ctx: _Context, *, dry_run: bool = False) -> PlanSummary:
     items = _embed_items(ctx, ctx.store.keys_to_embed(_pending_keys(ctx.journal)))
     # Unique per run (names of journal files must never repeat); sortable by time.
     plan_id = "p" + time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
-    ctx.progress.start("planning", unit="file")
     files = _plan(ctx, items, plan_id)
-    ctx.progress.finish()
     spec = ctx.settings.model_spec()
     summary = summarize(files, spec)
     report = ctx.report

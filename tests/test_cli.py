@@ -90,7 +90,9 @@ def test_plan_json_prices_openai_without_sending(runner: CliRunner, docs: Path) 
 def test_non_tty_progress_is_plain_timestamped_lines(runner: CliRunner, docs: Path) -> None:
     result = runner.invoke(main, ["plan", str(docs)])
     assert result.exit_code == 0, result.output
-    assert re.search(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d INFO reading: started", result.stderr, re.M)
+    assert re.search(
+        r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d INFO reading and chunking: started", result.stderr, re.M
+    )
     assert "\r" not in result.stderr  # no progress-bar redraws
 
 
