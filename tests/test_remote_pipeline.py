@@ -171,3 +171,21 @@ def test_model_change_builds_beside_the_old_table_and_swaps_when_complete(
     assert {r["model"] for r in rows} == {"text-embedding-3-large"}
     assert {len(r["vector"]) for r in rows} == {32}
     assert len(rows) == first.chunks  # nothing mixed, nothing lost
+
+
+def test_indexes_are_built_and_hybrid_search_works(
+    tmp_path: Path, api: FakeBatchAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import corpusbatch.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "VECTOR_INDEX_MIN_ROWS", 100)  # the real threshold is 50k
+    docs = copy_corpus(tmp_path / "docs")
+    settings = remote(tmp_path, api)
+    report = index(docs, settings, api_key="k")
+    assert report.chunks >= 100
+    indices = {tuple(i.columns): i.index_type for i in open_table(settings).list_indices()}
+    assert indices[("text",)] == "FTS"
+    assert indices[("vector",)] == "IvfRq"
+    hits = search_index("descaling vinegar", settings, k=3, mode="hybrid", api_key="k")
+    fts = search_index("descaling vinegar", settings, k=3, mode="fts", api_key="k")
+    assert len(hits) == 3 and fts and "descal" in fts[0].text.lower()
