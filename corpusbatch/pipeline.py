@@ -9,6 +9,7 @@ question from the published table.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -234,17 +235,11 @@ def _scan_one(
     prev = store.source_state(rel)
     if prev is not None and prev.fingerprint != fp:
         prev = None
-    if (
-        prev is not None
-        and not full_scan
-        and (prev.size, prev.mtime_ns)
-        == (
-            st.st_size,
-            st.st_mtime_ns,
-        )
-    ):
+    if prev is not None and _unchanged(path, st, prev, full_scan):
         if prev.sha256.startswith(_SKIPPED):
             on_skip(rel, prev.sha256.removeprefix(_SKIPPED))
+        elif full_scan:  # same bytes, new stat: remember the stat, keep the rows
+            store.put_source(rel, SourceState(prev.sha256, st.st_size, st.st_mtime_ns, fp), None)
         return True
     reasons: list[str] = []
 
@@ -272,6 +267,19 @@ def _scan_one(
         return True
     store.put_source(rel, state, desired_rows(chunks, ctx.identity, {}))
     return True
+
+
+def _unchanged(path: Path, st: os.stat_result, prev: SourceState, full_scan: bool) -> bool:
+    """Same size and mtime as last time; with ``full_scan``, same bytes (hash only, no
+    decoding, so a paranoid scan costs little more than reading the files)."""
+    if not full_scan:
+        return (prev.size, prev.mtime_ns) == (st.st_size, st.st_mtime_ns)
+    if prev.sha256.startswith(_SKIPPED):
+        return False
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest() == prev.sha256
+    except OSError:
+        return False  # read_document reports why
 
 
 # -- stage 2: plan what is missing ---------------------------------------------------
