@@ -25,172 +25,29 @@ line shapes) lives in :class:`ProviderAdapter`.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
 import os
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx2
-import numpy as np
 import openai
 
-from .config import Profile
-from .errors import BackendError
-from .journal import FileRecord, Journal
-from .loading import classify_error
+from ..config import Profile
+from ..errors import BackendError
+from ..journal import FileRecord, Journal
+from .adapter import ProviderAdapter, adapter_for, convert_lines, describe_error
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
 IN_FLIGHT = ("creating", "created")  # states whose batch may sit in the provider's queue
 TERMINAL_STATUSES = ("completed", "expired", "cancelled")  # have output and/or error files
-
-
-# -- provider differences ---------------------------------------------------------------
-@dataclass(frozen=True)
-class LineResult:
-    """One output- or error-file line, whichever shape the provider used."""
-
-    custom_id: str | None
-    ok: bool
-    body: dict[str, Any] | None  # the /v1/embeddings response body when ok
-    status_code: int | None
-    code: str | None
-    message: str | None
-    retryable: bool
-
-
-class ProviderAdapter:
-    """How one provider's Batch API differs from OpenAI's. The default *is* OpenAI's.
-
-    DeepInfra and other clones that copy OpenAI's shapes use this class as is; a provider
-    with another line shape or status spelling subclasses it and overrides a method, with
-    no change to the planner or the loader.
-    """
-
-    name = "openai"
-    upload_purpose = "batch"
-    endpoint = "/v1/embeddings"
-    completion_window = "24h"
-    supports_output_expiry = True  # accepts `output_expires_after` on batch create
-    capacity_codes = frozenset({"token_limit_exceeded", "request_limit_exceeded"})
-    # provider status (lower-cased) -> corpusbatch's canonical status
-    statuses: Mapping[str, str] = {
-        s: s
-        for s in (
-            "validating",
-            "in_progress",
-            "finalizing",
-            "completed",
-            "failed",
-            "expired",
-            "cancelling",
-            "cancelled",
-        )
-    }
-
-    def status(self, raw: str | None) -> str:
-        """Canonical status name for a provider's status string."""
-        key = (raw or "").lower()
-        return self.statuses.get(key, key)
-
-    def create_kwargs(
-        self, *, input_file_id: str, metadata: dict[str, str], output_expires_after: int | None
-    ) -> dict[str, Any]:
-        """Keyword arguments for ``client.batches.create``."""
-        kwargs: dict[str, Any] = {
-            "input_file_id": input_file_id,
-            "endpoint": self.endpoint,
-            "completion_window": self.completion_window,
-            "metadata": metadata,
-        }
-        if output_expires_after and self.supports_output_expiry:
-            kwargs["output_expires_after"] = {
-                "anchor": "created_at",
-                "seconds": output_expires_after,
-            }
-        return kwargs
-
-    def batch_errors(self, batch: Any) -> list[tuple[str | None, str | None, int | None]]:
-        """``(code, message, line)`` of a failed batch's validation errors."""
-        errors = getattr(batch, "errors", None)
-        data = getattr(errors, "data", None) or []
-        return [(e.code, e.message, e.line) for e in data]
-
-    def is_capacity_failure(self, batch: Any) -> bool:
-        """Did the batch fail only because the provider's queue was full?"""
-        return any(code in self.capacity_codes for code, _, _ in self.batch_errors(batch))
-
-    # Line shapes. corpusbatch plans input files and loads output files in OpenAI's
-    # shapes; a provider with other shapes overrides these two hooks and sets
-    # `rewrites_lines`, and the submitter converts each file on its way out and in.
-    rewrites_lines = False
-
-    def input_line(self, line: dict[str, Any]) -> dict[str, Any]:
-        """One planned (OpenAI-shaped) input line, as this provider wants it."""
-        return line
-
-    def output_line(self, line: dict[str, Any]) -> dict[str, Any]:
-        """One of this provider's output or error lines, in OpenAI's shape."""
-        return line
-
-    def parse_line(self, obj: Mapping[str, Any]) -> LineResult:
-        """Classify one output/error line (both of OpenAI's error shapes)."""
-        obj = self.output_line(dict(obj))
-        cid = obj.get("custom_id")
-        response = obj.get("response")
-        if isinstance(response, Mapping) and not obj.get("error"):
-            status = response.get("status_code")
-            body = response.get("body")
-            if status == 200 and isinstance(body, Mapping):
-                return LineResult(cid, True, dict(body), 200, None, None, False)
-            error = body.get("error") if isinstance(body, Mapping) else None
-            code, message, retryable = classify_error(status, error or {})
-            return LineResult(cid, False, None, status, code, message, retryable)
-        code, message, retryable = classify_error(None, obj.get("error") or {})
-        return LineResult(cid, False, None, None, code, message, retryable)
-
-
-def convert_lines(
-    src: Path, dest: Path, convert: Callable[[dict[str, Any]], dict[str, Any]]
-) -> None:
-    """Stream ``src`` to ``dest`` one JSON line at a time through ``convert`` (atomic)."""
-    part = dest.with_name(dest.name + ".part")
-    with src.open("rb") as fin, part.open("wb") as fout:
-        for raw in fin:
-            if raw.strip():
-                obj = convert(json.loads(raw))
-                fout.write(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode())
-                fout.write(b"\n")
-    part.replace(dest)
-
-
-def adapter_for(profile: Profile) -> ProviderAdapter:
-    """The adapter for a provider profile (OpenAI's shapes unless known otherwise).
-
-    DeepInfra's Batch API copies OpenAI's (same purpose, line format, statuses and
-    ``output_expires_after``), so it needs no adapter of its own.
-    """
-    adapter = ProviderAdapter()
-    adapter.name = profile.name
-    return adapter
-
-
-def make_client(profile: Profile, api_key: str, *, timeout: float = 600.0) -> openai.OpenAI:
-    """An OpenAI SDK client for ``profile``; the key lives only in this object."""
-    return openai.OpenAI(
-        api_key=api_key,
-        base_url=profile.base_url or DEFAULT_BASE_URL,
-        timeout=timeout,
-        max_retries=2,
-    )
 
 
 # -- error classification ---------------------------------------------------------------
@@ -363,7 +220,7 @@ class BatchSubmitter:
             # The file may have arrived anyway: stay in `uploading` and reconcile next round.
             log.warning("%s: upload did not complete (%s); will check and retry", rec.name, exc)
             return False
-        journal.update(rec.name, "failed", error=f"upload rejected: {_describe(exc)}")
+        journal.update(rec.name, "failed", error=f"upload rejected: {describe_error(exc)}")
         return True
 
     def _reconcile_uploads(self, journal: Journal, step: _Round) -> None:
@@ -555,7 +412,8 @@ class BatchSubmitter:
                 "%s: uploaded file %s is gone; uploading again", rec.name, rec.input_file_id
             )
         else:
-            journal.update(rec.name, "failed", error=f"batch create rejected: {_describe(exc)}")
+            reason = describe_error(exc)
+            journal.update(rec.name, "failed", error=f"batch create rejected: {reason}")
         step.changed = True
         return True
 
@@ -623,7 +481,7 @@ class BatchSubmitter:
             return None
         self._missing.pop(rec.name, None)
         status = self.adapter.status(batch.status)
-        counts = _counts_json(batch)
+        counts = counts_json(batch)
         if status != rec.batch_status or counts != rec.request_counts:
             journal.update(rec.name, batch_status=status, request_counts=counts)
         if status != rec.batch_status and status not in (*TERMINAL_STATUSES, "failed"):
@@ -791,148 +649,13 @@ class BatchSubmitter:
         self._raise_if_fatal(exc)
         if not _transient(exc):
             raise BackendError(
-                f"{doing} failed: {_describe(exc)}",
+                f"{doing} failed: {describe_error(exc)}",
                 hint=f"check that {self.client.base_url} serves an OpenAI-compatible Batch API",
             ) from exc
 
 
 class _Incomplete(Exception):
     """A download ended before Content-Length bytes arrived."""
-
-
-# -- status and cancel for the CLI ------------------------------------------------------------
-@dataclass(frozen=True)
-class BatchStatus:
-    """Where one journal file stands, for ``corpusbatch status``."""
-
-    file: str
-    state: str
-    batch_id: str | None
-    batch_status: str | None
-    request_counts: dict[str, int] | None
-    age_s: float
-    waiting_to_load: bool
-    inputs: int
-    tokens: int
-    error: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def status(
-    journal: Journal,
-    client: openai.OpenAI,
-    *,
-    include_loaded: bool = False,
-    adapter: ProviderAdapter | None = None,
-    clock: Callable[[], float] = time.time,
-) -> list[BatchStatus]:
-    """Every file not yet loaded (optionally all), with live status of in-flight batches.
-
-    The provider is asked only about batches in the ``created`` state; if it cannot be
-    reached the last status recorded in the journal is shown instead.
-    """
-    adapter = adapter or ProviderAdapter()
-    now = clock()
-    out = []
-    for rec in journal.files():
-        if rec.state == "loaded" and not include_loaded:
-            continue
-        batch_status, counts = rec.batch_status, _parse_counts(rec.request_counts)
-        if rec.state == "created" and rec.batch_id:
-            try:
-                batch = client.batches.retrieve(rec.batch_id)
-                batch_status = adapter.status(batch.status)
-                counts = _parse_counts(_counts_json(batch))
-            except openai.APIError as exc:
-                log.info("status of %s unavailable (%s)", rec.batch_id, exc)
-        out.append(
-            BatchStatus(
-                file=rec.name,
-                state=rec.state,
-                batch_id=rec.batch_id,
-                batch_status=batch_status,
-                request_counts=counts,
-                age_s=round(now - (rec.submitted_at or rec.created_at), 1),
-                waiting_to_load=rec.state in ("finished", "downloaded")
-                or (rec.state == "created" and batch_status in TERMINAL_STATUSES),
-                inputs=rec.n_inputs,
-                tokens=rec.n_tokens,
-                error=rec.error,
-            )
-        )
-    return out
-
-
-def cancel(journal: Journal, client: openai.OpenAI) -> list[str]:
-    """Ask the provider to cancel every batch of ours still in its queue; returns their ids.
-
-    Cancelled batches keep their finished lines: the next ``index`` run downloads them,
-    loads what was done and plans the rest again.
-    """
-    cancelled = []
-    for rec in journal.files(states=("created",)):
-        if not rec.batch_id:
-            continue
-        try:
-            batch = client.batches.cancel(rec.batch_id)
-        except (openai.BadRequestError, openai.NotFoundError, openai.ConflictError) as exc:
-            log.info("%s: not cancelled (%s)", rec.batch_id, _describe(exc))
-            continue
-        journal.update(rec.name, batch_status=batch.status)
-        cancelled.append(rec.batch_id)
-    return cancelled
-
-
-# -- real-time embeddings for queries ---------------------------------------------------------
-class RemoteEmbedder:
-    """Embed a few texts (search queries) through the real-time ``/v1/embeddings``."""
-
-    def __init__(
-        self,
-        client: openai.OpenAI,
-        model: str,
-        dimensions: int | None = None,
-        *,
-        max_inputs: int = 2_048,
-    ) -> None:
-        self.client = client
-        self.model = model
-        self.dimensions = dimensions
-        self.max_inputs = max_inputs
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Vectors for ``texts``, shape ``(len(texts), dims)``, float32, input order."""
-        rows: list[np.ndarray] = []
-        for start in range(0, len(texts), self.max_inputs):
-            rows.extend(self._embed_some(list(texts[start : start + self.max_inputs])))
-        if not rows:
-            return np.zeros((0, self.dimensions or 0), dtype=np.float32)
-        return np.vstack(rows).astype(np.float32, copy=False)
-
-    def _embed_some(self, texts: list[str]) -> list[np.ndarray]:
-        kwargs: dict[str, Any] = {}
-        if self.dimensions is not None:
-            kwargs["dimensions"] = self.dimensions
-        try:
-            resp = self.client.embeddings.create(
-                model=self.model, input=texts, encoding_format="base64", **kwargs
-            )
-        except openai.APIError as exc:
-            raise BackendError(
-                f"embedding the query with {self.model} failed: {_describe(exc)}",
-                hint="check the provider, model name and API key",
-            ) from exc
-        return [_decode(d.embedding) for d in sorted(resp.data, key=lambda d: d.index)]
-
-
-# -- small helpers -----------------------------------------------------------------------------
-def _decode(embedding: Any) -> np.ndarray:
-    """A vector from base64 (little-endian float32) or a list of floats."""
-    if isinstance(embedding, str):
-        return np.frombuffer(base64.b64decode(embedding), dtype="<f4")
-    return np.asarray(embedding, dtype=np.float32)
 
 
 def _meta_key(meta: Mapping[str, str]) -> tuple[str, ...] | None:
@@ -947,7 +670,7 @@ def _pages(page: Any) -> Iterator[Any]:
     yield from page
 
 
-def _counts_json(batch: Any) -> str | None:
+def counts_json(batch: Any) -> str | None:
     counts = getattr(batch, "request_counts", None)
     if counts is None:
         return None
@@ -956,7 +679,7 @@ def _counts_json(batch: Any) -> str | None:
     )
 
 
-def _parse_counts(raw: str | None) -> dict[str, int] | None:
+def parse_counts(raw: str | None) -> dict[str, int] | None:
     return dict(json.loads(raw)) if raw else None
 
 
@@ -965,15 +688,6 @@ def _counts_text(batch: Any) -> str:
     if counts is None:
         return ""
     return f"({counts.completed}/{counts.total} requests done, {counts.failed} failed)"
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, openai.APIStatusError):
-        body = exc.body if isinstance(exc.body, Mapping) else {}
-        err = body.get("error", body) if isinstance(body, Mapping) else {}
-        message = err.get("message") if isinstance(err, Mapping) else None
-        return f"HTTP {exc.status_code}: {message or exc.message}"
-    return str(exc)
 
 
 def _sha256(path: Path) -> str:
