@@ -23,6 +23,7 @@ provider's queue was full), ``request_counts`` and ``submitted_at`` (for ``statu
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import sqlite3
 import time
@@ -150,6 +151,7 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.model: str | None = None  # set on views made by scoped()
         self._db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -266,10 +268,24 @@ class Journal:
         if plan is not None:
             where.append("plan = ?")
             args.append(plan)
+        if self.model is not None:
+            where.append("model = ?")
+            args.append(self.model)
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at, name"
         return [FileRecord(*row) for row in self._db.execute(sql, args)]
+
+    def scoped(self, model: str) -> Journal:
+        """A view of this journal that lists only files of ``model`` (same connection).
+
+        An executor driven through it never touches batch files planned for another
+        model, e.g. remote files still in flight when a run switches to the local model.
+        Close the original journal, not the view.
+        """
+        view = copy.copy(self)
+        view.model = model
+        return view
 
     def pending(self) -> list[FileRecord]:
         """Files not yet loaded nor permanently failed."""

@@ -120,7 +120,8 @@ class _Context:
     tokenizer: Tokenizer
     chunker: Chunker
     store: RunStore
-    journal: Journal
+    journal: Journal  # scoped to this run's model: other models' files are left alone
+    base_journal: Journal
     report: RunReport
     progress: Progress
 
@@ -173,6 +174,7 @@ def _open_context(root: Path, settings: Settings, progress: Progress) -> _Contex
     )
     paths = IndexPaths(settings.index_dir)
     report = RunReport(root=str(root), provider=settings.provider, model=identity.model)
+    journal = Journal(paths.journal)
     return _Context(
         root=root,
         settings=settings,
@@ -181,7 +183,8 @@ def _open_context(root: Path, settings: Settings, progress: Progress) -> _Contex
         tokenizer=tokenizer,
         chunker=chunker,
         store=RunStore(paths.store, identity.dimensions),
-        journal=Journal(paths.journal),
+        journal=journal.scoped(identity.model),
+        base_journal=journal,
         report=report,
         progress=progress,
     )
@@ -209,6 +212,7 @@ def _scan(ctx: _Context, *, full_scan: bool = False) -> None:
             progress.advance()
         report.deleted_sources = store.drop_sources(seen)
         store.set_meta("root", str(root))
+        store.set_meta("fingerprint", ctx.fingerprint)
     progress.finish()
     report.documents = int(
         store.db.execute(
@@ -601,7 +605,7 @@ def index(
             return _run(ctx, api_key, wait, dry_run, full_scan, t0)
         finally:
             ctx.store.close()
-            ctx.journal.close()
+            ctx.base_journal.close()
 
 
 def _run(
@@ -629,7 +633,22 @@ def _finish(ctx: _Context, t0: float) -> RunReport:
     report = ctx.report
     t3 = time.monotonic()
     report.pending_files = len(ctx.journal.pending())
+    others = [r for r in ctx.base_journal.pending() if r.model != ctx.identity.model]
+    if others:
+        models = ", ".join(sorted({r.model for r in others}))
+        log.warning(
+            "%d batch files of another model (%s) are still pending and were left alone; "
+            "run `corpusbatch collect` with that provider and model, or `cancel` them",
+            len(others),
+            models,
+        )
     report.failed = _failures_report(ctx)
+    if ctx.store.get_meta("fingerprint") not in (None, ctx.fingerprint):
+        # e.g. `collect` for another model's batches: their vectors are stored now, but
+        # the desired rows belong to the last scan's model; `index` publishes those.
+        log.warning("the last scan used other settings; not publishing (run `index` to)")
+        report.durations["total"] = round(time.monotonic() - t0, 3)
+        return report
     if report.pending_files == 0 and (ctx.store.is_dirty() or not _table_exists(ctx)):
         result = _publish(ctx)
         ctx.store.mark_clean()
@@ -668,7 +687,7 @@ def collect(
             return _finish(ctx, t0)
         finally:
             ctx.store.close()
-            ctx.journal.close()
+            ctx.base_journal.close()
 
 
 def batch_status(settings: Settings, *, api_key: str | None = None) -> list[dict[str, Any]]:

@@ -189,3 +189,28 @@ def test_indexes_are_built_and_hybrid_search_works(
     hits = search_index("descaling vinegar", settings, k=3, mode="hybrid", api_key="k")
     fts = search_index("descaling vinegar", settings, k=3, mode="fts", api_key="k")
     assert len(hits) == 3 and fts and "descal" in fts[0].text.lower()
+
+
+@pytest.mark.slow
+def test_switching_to_local_leaves_remote_batches_alone(tmp_path: Path, api: FakeBatchAPI) -> None:
+    docs = tmp_path / "docs"
+    shutil.copytree(SAMPLE / "guides", docs)
+    api.auto_advance = False
+    remote_settings = remote(tmp_path, api)
+    first = index(docs, remote_settings, api_key="k", wait=False)
+    assert first.pending_files > 0
+
+    local = Settings(index_dir=remote_settings.index_dir)
+    report = index(docs, local)  # the default provider: nothing remote is touched
+    assert report.published and report.pending_files == 0
+    assert {r["model"] for r in table_rows(local)} == {"all-MiniLM-L6-v2"}
+    assert (
+        sum(api.processed.values()) == 0
+        and not api.requests["POST /v1/files"] > first.files_planned
+    )
+
+    api.advance_all()
+    done = collect(remote_settings, api_key="k")  # loads the paid-for results...
+    assert done.embedded_vectors == first.to_embed_inputs and done.pending_files == 0
+    assert not done.published  # ...but the table stays on the model of the last scan
+    assert {r["model"] for r in table_rows(local)} == {"all-MiniLM-L6-v2"}
