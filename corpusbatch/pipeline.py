@@ -2,8 +2,9 @@
 
 :func:`index` runs the stages in order and can be re-run at any time: every stage is
 keyed by content and recorded on disk, so a second run (after a crash, a ``--no-wait``
-submit, or a night of edits) does only what is left. :func:`search_index` answers a
-question from the published table.
+submit, or a night of edits) does only what is left. :func:`collect` finishes what a
+``--no-wait`` run left in flight; :func:`batch_status` and :func:`cancel_batches` serve the
+CLI's ``status`` and ``cancel``.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ class _Context:
 
     @functools.cached_property
     def fingerprint(self) -> str:
-        return f"{self.identity.fingerprint()}:{self.chunker.config.fingerprint()}"
+        return f"{self.identity.fingerprint()}:{self.chunker.fingerprint()}"
 
     def table_meta(self) -> dict[str, Any]:
         return {
@@ -135,7 +136,7 @@ class _Context:
             "dimensions": self.identity.dimensions,
             "request_dimensions": self.identity.request_dimensions,
             "input_prefix": self.identity.input_prefix,
-            "chunker": self.chunker.config.fingerprint(),
+            "chunker": self.chunker.fingerprint(),
             "provider": self.settings.provider,
         }
 
