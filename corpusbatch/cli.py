@@ -242,6 +242,11 @@ def _api_key(settings: Settings) -> str | None:
 def _cost(report: dict[str, Any]) -> str:
     if report["provider"] == "local":
         return "no cost (local model)"
+    if report.get("route") == "realtime":
+        return (
+            f"estimated cost ${report['estimated_cost_realtime']:.4f} through the real-time "
+            f"API (${report['estimated_cost_batch']:.4f} at batch price)"
+        )
     return (
         f"estimated cost ${report['estimated_cost_batch']:.4f} at batch price "
         f"(${report['estimated_cost_realtime']:.4f} real-time)"
@@ -301,6 +306,13 @@ def main(ctx: click.Context, debug: bool, verbose: int) -> None:
 )
 @click.option("--no-wait", is_flag=True, help="Submit and exit; a later run collects results.")
 @click.option(
+    "--realtime-under",
+    type=int,
+    metavar="TOKENS",
+    help="Use the real-time API (about 2x the batch price, results in seconds) when the "
+    "plan has at most this many tokens.",
+)
+@click.option(
     "--full-scan", is_flag=True, help="Read every file even if its size and mtime are unchanged."
 )
 @click.option("--poll-interval", type=float, help="Seconds between Batch API polls (default 30).")
@@ -328,6 +340,7 @@ def index_cmd(
       corpusbatch index ./docs
       corpusbatch index ./docs --provider openai --max-cost 2.50
       corpusbatch index ./docs --provider openai --no-wait   # submit now, collect later
+      corpusbatch index ./docs --provider openai --realtime-under 200000   # nightly
       corpusbatch index ./docs --exclude 'drafts/**' --json
     """
     from .pipeline import index

@@ -168,6 +168,10 @@ class Settings:
     limits: dict[str, int | None] = field(default_factory=dict)  # overrides Limits fields
     prices: dict[str, float] = field(default_factory=dict)  # batch/realtime per 1M
     max_cost: float | None = None
+    # Embed through the real-time API instead of the Batch API when a run's plan has at
+    # most this many tokens (small nightly deltas: seconds instead of hours, at the
+    # real-time price). None: always the Batch API.
+    realtime_under: int | None = None
     poll_interval: float = 30.0
     delete_remote_files: bool = True
     max_attempts: int = 3  # per chunk, across resubmissions

@@ -88,6 +88,7 @@ class RunReport:
     to_embed_inputs: int = 0
     to_embed_tokens: int = 0
     files_planned: int = 0
+    route: str = ""  # "local", "batch" or "realtime"
     estimated_cost_batch: float = 0.0
     estimated_cost_realtime: float = 0.0
     waves: int = 0
@@ -367,18 +368,29 @@ def plan_missing(ctx: _Context, *, dry_run: bool = False) -> PlanSummary:
     report.distinct_vectors = int(
         ctx.store.db.execute("SELECT COUNT(DISTINCT key) FROM desired").fetchone()[0]
     )
+    report.route = _route(ctx.settings, summary)
+    cost = summary.realtime_cost if report.route == "realtime" else summary.batch_cost
     max_cost = ctx.settings.max_cost
-    if dry_run or (max_cost is not None and summary.batch_cost > max_cost):
+    if dry_run or (max_cost is not None and cost > max_cost):
         _discard(files)
         if not dry_run:
             raise CostLimitExceeded(
-                f"estimated cost ${summary.batch_cost:.4f} for {summary.tokens:,} tokens is above "
-                f"--max-cost ${max_cost:.4f}; nothing was sent",
+                f"estimated cost ${cost:.4f} ({report.route} price) for {summary.tokens:,} "
+                f"tokens is above --max-cost ${max_cost:.4f}; nothing was sent",
                 hint="raise --max-cost or index fewer files",
             )
         return summary
     _journal_files(ctx, files, plan_id)
     return summary
+
+
+def _route(settings: Settings, summary: PlanSummary) -> str:
+    if not settings.profile().remote:
+        return "local"
+    threshold = settings.realtime_under
+    if threshold is not None and 0 < summary.tokens <= threshold:
+        return "realtime"
+    return "batch"
 
 
 # -- stage 3: run the batch files and load their results -------------------------------
@@ -448,8 +460,8 @@ def _drive_remote(ctx: _Context, api_key: str | None, wait: bool) -> None:
     )
 
 
-def _submitter(ctx: _Context, api_key: str | None) -> Any:
-    from .submitting import BatchSubmitter, make_client
+def _client(ctx: _Context, api_key: str | None) -> Any:
+    from .submitting import make_client
 
     if not api_key:
         env = ctx.settings.profile().api_key_env or "the API key variable"
@@ -457,8 +469,14 @@ def _submitter(ctx: _Context, api_key: str | None) -> Any:
             f"provider {ctx.settings.provider!r} needs an API key",
             hint=f"set {env} (or --api-key-env NAME) in the environment",
         )
+    return make_client(ctx.settings.profile(), api_key)
+
+
+def _submitter(ctx: _Context, api_key: str | None) -> Any:
+    from .submitting import BatchSubmitter
+
     return BatchSubmitter(
-        make_client(ctx.settings.profile(), api_key),
+        _client(ctx, api_key),
         profile=ctx.settings.profile(),
         outputs_dir=ctx.paths.outputs,
         poll_interval=ctx.settings.poll_interval,
@@ -472,8 +490,13 @@ def _execute(ctx: _Context, api_key: str | None, wait: bool) -> None:
         return
     total = sum(r.n_inputs for r in pending)
     ctx.progress.start("embedding", total=total, unit="input")
+    if ctx.report.route == "realtime":
+        from .submitting.realtime import RealtimeRunner
+
+        runner = RealtimeRunner(_client(ctx, api_key), outputs_dir=ctx.paths.outputs)
+        runner.drive(ctx.journal, on_output=_Loader(ctx, advance=True), progress=ctx.progress.note)
     if ctx.settings.profile().remote:
-        _drive_remote(ctx, api_key, wait)
+        _drive_remote(ctx, api_key, wait)  # earlier runs' batches still in flight
     else:
         _drive_local(ctx, wait)
     ctx.progress.finish()

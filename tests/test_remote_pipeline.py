@@ -7,6 +7,7 @@ nightly re-run sends exactly the chunks that changed.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -214,3 +215,61 @@ def test_switching_to_local_leaves_remote_batches_alone(tmp_path: Path, api: Fak
     assert done.embedded_vectors == first.to_embed_inputs and done.pending_files == 0
     assert not done.published  # ...but the table stays on the model of the last scan
     assert {r["model"] for r in table_rows(local)} == {"all-MiniLM-L6-v2"}
+
+
+def test_small_delta_goes_through_the_realtime_api(tmp_path: Path, api: FakeBatchAPI) -> None:
+    docs = copy_corpus(tmp_path / "docs")
+    settings = remote(tmp_path, api, realtime_under=5_000)
+    first = index(docs, settings, api_key="k")  # too big for real time: Batch API
+    assert first.route == "batch" and api.requests["POST /v1/batches"] > 0
+    batches = api.requests["POST /v1/batches"]
+
+    path = docs / "guides" / "aeropress.md"
+    path.write_text(path.read_text() + "\n\n## Late note\n\nRinse the cap after brewing.\n")
+    second = index(docs, settings, api_key="k")
+    assert second.route == "realtime" and second.published
+    assert api.requests["POST /v1/batches"] == batches  # no batch for the small delta
+    assert sum(api.realtime_processed.values()) == second.embedded_vectors > 0
+    assert max(api.realtime_processed.values()) == 1
+    rows = table_rows(settings)
+    for r in rows:
+        np.testing.assert_allclose(r["vector"], fake_vector(str(r["text"]), 64), atol=1e-6)
+    assert len(rows) == second.chunks
+
+
+def test_realtime_runner_resumes_a_killed_file_without_paying_twice(
+    tmp_path: Path, api: FakeBatchAPI
+) -> None:
+    from corpusbatch.submitting import make_client
+    from corpusbatch.submitting.realtime import RealtimeRunner
+
+    lines = [
+        {
+            "custom_id": f"c{i}",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {
+                "model": "text-embedding-3-small",
+                "input": [f"text {i}"],
+                "encoding_format": "base64",
+                "dimensions": 64,
+            },
+        }
+        for i in range(4)
+    ]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = tmp_path / "out.jsonl"
+    from dataclasses import replace
+
+    from corpusbatch.config import PROFILES
+
+    client = make_client(replace(PROFILES["openai"], base_url=api.base_url), "k")
+    runner = RealtimeRunner(client, outputs_dir=tmp_path)
+    runner.run_file(src, out)
+    kept = out.read_text().splitlines()[:2]
+    out.write_text("\n".join(kept) + "\n" + '{"custom_id": "c2", "resp')  # killed mid-line
+    runner.run_file(src, out)
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    assert sorted(x["custom_id"] for x in got) == ["c0", "c1", "c2", "c3"]
+    assert api.realtime_processed["text 0"] == 1 and api.realtime_processed["text 2"] == 2
