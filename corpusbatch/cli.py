@@ -306,6 +306,9 @@ def main(ctx: click.Context, debug: bool, verbose: int) -> None:
 )
 @click.option("--no-wait", is_flag=True, help="Submit and exit; a later run collects results.")
 @click.option(
+    "--retry-failed", is_flag=True, help="Send inputs that failed for good in earlier runs again."
+)
+@click.option(
     "--realtime-under",
     type=int,
     metavar="TOKENS",
@@ -326,6 +329,7 @@ def index_cmd(
     max_cost: float | None,
     no_wait: bool,
     full_scan: bool,
+    retry_failed: bool,
     as_json: bool,
     quiet: bool,
     **flags: Any,
@@ -353,6 +357,7 @@ def index_cmd(
         api_key=_api_key(settings),
         wait=not no_wait,
         full_scan=full_scan,
+        retry_failed=retry_failed,
         progress=_progress(quiet or as_json),
     )
     _print_report(report.to_dict(), as_json)

@@ -610,6 +610,7 @@ def index(
     wait: bool = True,
     dry_run: bool = False,
     full_scan: bool = False,
+    retry_failed: bool = False,
     progress: Progress | None = None,
 ) -> RunReport:
     """Index ``root`` into ``settings.table``; safe to re-run at any time.
@@ -618,7 +619,9 @@ def index(
     not stored yet (nothing twice), loads results as each batch file finishes, and then
     publishes the table in one commit. With ``wait=False`` it submits and returns;
     a later call collects and publishes. With ``dry_run`` it plans and prices only.
-    ``api_key`` is used only for remote providers and never stored.
+    Inputs that failed for good in earlier runs are not sent again (and not paid for
+    again) unless ``retry_failed``. ``api_key`` is used only for remote providers and
+    never stored.
     """
     progress = progress or NullProgress()
     t0 = time.monotonic()
@@ -626,6 +629,8 @@ def index(
     with index_lock(paths):
         ctx = _open_context(root, settings, progress)
         try:
+            if retry_failed and not dry_run:
+                log.info("forgot %d inputs that had failed for good", ctx.store.clear_failures())
             return _run(ctx, api_key, wait, dry_run, full_scan, t0)
         finally:
             ctx.store.close()

@@ -128,6 +128,10 @@ def test_permanent_failures_are_reported_with_source_and_lines(
     # a failed input is not retried (and paid for) again on the next run
     again = index(docs, settings, api_key="k")
     assert again.files_planned == 0
+    api.fail_all_lines = False
+    retried = index(docs, settings, api_key="k", retry_failed=True)  # explicit: pay again
+    assert retried.files_planned == 1 and not retried.failed
+    assert len(table_rows(settings)) == retried.chunks
 
 
 def test_failed_batch_is_reported_and_planned_again_next_run(
