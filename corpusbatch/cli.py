@@ -86,20 +86,11 @@ class LineProgress:
         log.info("%s", message)
 
 
-class QuietProgress(LineProgress):
-    def start(self, stage: str, total: int | None = None, unit: str = "it") -> None:
-        pass
-
-    def advance(self, n: int = 1) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
-
-
 def _progress(quiet: bool) -> Any:
     if quiet:
-        return QuietProgress()
+        from .pipeline import NullProgress
+
+        return NullProgress()  # its notes go to the log, which --quiet limits to warnings
     return TerminalProgress() if sys.stderr.isatty() else LineProgress()
 
 
