@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -55,3 +56,14 @@ def test_ruff_is_clean() -> None:
 def test_mypy_strict_is_clean() -> None:
     result = _run_tool("mypy")
     assert result.returncode == 0, result.stdout
+
+
+def test_cli_reference_is_generated_from_the_current_help() -> None:
+    spec = importlib.util.spec_from_file_location(
+        "gen_cli_docs", REPO / "scripts" / "gen_cli_docs.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    current = (REPO / "docs" / "cli.md").read_text(encoding="utf-8")
+    assert module.render() == current, "run `python scripts/gen_cli_docs.py`"
