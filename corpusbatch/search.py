@@ -143,10 +143,17 @@ def _run(builder: Any, where: str | None, table: Any) -> list[dict[str, Any]]:
     return rows
 
 
+# Re-rank this many times k candidates by exact distance once a vector index exists.
+# Measured on 20k clustered 64-d vectors with an IVF_RQ index: recall@10 0.40 without,
+# 0.91 at 5, 1.00 at 10 (flat search is exact and ignores it).
+REFINE_FACTOR = 10
+
+
 def _vector(table: Any, vector: np.ndarray, k: int, where: str | None) -> list[dict[str, Any]]:
     builder = (
         table.search(vector, query_type="vector", vector_column_name="vector")
         .distance_type("cosine")
+        .refine_factor(REFINE_FACTOR)
         .select([*_COLUMNS, "_distance"])
         .limit(k)
     )
@@ -170,6 +177,7 @@ def _hybrid(
         .vector(vector)
         .text(query)
         .distance_type("cosine")
+        .refine_factor(REFINE_FACTOR)
         .rerank(RRFReranker())
         .limit(k)
     )

@@ -191,6 +191,18 @@ def test_indexes_are_built_and_hybrid_search_works(
     indices = {tuple(i.columns): i.index_type for i in open_table(settings).list_indices()}
     assert indices[("text",)] == "FTS"
     assert indices[("vector",)] == "IvfRq"
+    # with the ANN index, vector search still returns the exact nearest rows (refine)
+    query = "How hot should the water be?"
+    exact = (
+        open_table(settings)
+        .search(fake_vector(query, 64))
+        .distance_type("cosine")
+        .bypass_vector_index()
+        .limit(5)
+        .to_arrow()["id"]
+        .to_pylist()
+    )
+    assert [h.id for h in search_index(query, settings, k=5, api_key="k")] == exact
     hits = search_index("descaling vinegar", settings, k=3, mode="hybrid", api_key="k")
     fts = search_index("descaling vinegar", settings, k=3, mode="fts", api_key="k")
     assert len(hits) == 3 and fts and "descal" in fts[0].text.lower()
