@@ -243,14 +243,17 @@ def load_config_file(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
     data = {k.replace("-", "_"): v for k, v in data.items()}
+    if "api_key" in data:
+        raise ConfigError(
+            f"{path} holds an API key; secrets do not belong in config files",
+            hint="remove it and name the environment variable with api_key_env instead",
+        )
     unknown = set(data) - _SETTINGS_KEYS
     if unknown:
         raise ConfigError(
             f"unknown key(s) {sorted(unknown)} in {path}",
             hint=f"valid keys: {', '.join(sorted(_SETTINGS_KEYS))}",
         )
-    if "api_key" in data:  # never reached (not a field), kept as a guard in spirit
-        raise ConfigError("do not put API keys in config files; use api_key_env")
     return data
 
 
