@@ -303,10 +303,12 @@ class _Tx:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
-def desired_rows(
-    chunks: Iterable[Chunk], identity: EmbeddingIdentity, counts: dict[tuple[str, str], int]
-) -> Iterator[tuple[Any, ...]]:
-    """Rows for :meth:`RunStore.replace_desired`; ``counts`` tracks occurrences."""
+def desired_rows(chunks: Iterable[Chunk], identity: EmbeddingIdentity) -> Iterator[tuple[Any, ...]]:
+    """Rows for :meth:`RunStore.put_source` from one document's chunks.
+
+    Equal chunks in one source get occurrence numbers 0, 1, ... so their row ids differ.
+    """
+    counts: dict[tuple[str, str], int] = {}
     for c in chunks:
         key = vector_key(identity, c.text)
         occurrence = counts.get((c.source, key), 0)

@@ -271,7 +271,7 @@ def _scan_one(
             rel, SourceState(_SKIPPED + reasons[-1], st.st_size, st.st_mtime_ns, fp), []
         )
         return True
-    store.put_source(rel, state, desired_rows(chunks, ctx.identity, {}))
+    store.put_source(rel, state, desired_rows(chunks, ctx.identity))
     return True
 
 

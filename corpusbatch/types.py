@@ -16,6 +16,7 @@ Identity is content-addressed:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -75,13 +76,21 @@ class EmbeddingIdentity:
     input_prefix: str = ""  # prepended to every chunk text before embedding
 
     def fingerprint(self) -> str:
-        """Short stable hash of this identity (names cache tables)."""
-        blob = json.dumps([self.model, self.dimensions, self.request_dimensions, self.input_prefix])
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        """Short stable hash of this identity (part of every vector key)."""
+        return _fingerprint(self)
 
     def embed_text(self, chunk_text: str) -> str:
         """The exact string sent to the model for a chunk."""
         return self.input_prefix + chunk_text
+
+
+@functools.lru_cache(maxsize=16)
+def _fingerprint(identity: EmbeddingIdentity) -> str:
+    # cached: vector_key() needs it once per chunk, and it never changes for an identity
+    blob = json.dumps(
+        [identity.model, identity.dimensions, identity.request_dimensions, identity.input_prefix]
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def vector_key(identity: EmbeddingIdentity, chunk_text: str) -> str:

@@ -151,7 +151,7 @@ def chunk(source: str, text: str, line: int) -> Chunk:
 def fill(store: RunStore, docs: dict[str, list[tuple[str, int]]]) -> None:
     with store.transaction():
         for source, parts in docs.items():
-            rows = list(desired_rows([chunk(source, t, n) for t, n in parts], IDENT, {}))
+            rows = list(desired_rows([chunk(source, t, n) for t, n in parts], IDENT))
             store.put_source(source, SourceState("x", 1, 1, "fp"), rows)
         store.drop_sources(set(docs))
     keys = [r[0] for r in store.db.execute("SELECT DISTINCT key FROM desired")]
@@ -196,7 +196,7 @@ def test_identity_change_rebuilds_the_table_in_one_commit(tmp_path: Path) -> Non
     ident2 = EmbeddingIdentity(model="m2", dimensions=4)
     new = RunStore(tmp_path / "new.db", 4)
     with new.transaction():
-        rows = list(desired_rows([chunk("a.md", "alpha", 1)], ident2, {}))
+        rows = list(desired_rows([chunk("a.md", "alpha", 1)], ident2))
         new.put_source("a.md", SourceState("x", 1, 1, "fp2"), rows)
     new.add_vectors([(rows[0][1], np.ones(4, np.float32).tobytes(), "c", "f")])
     result = publish(db, "chunks", new, table_schema(ident2, {"model": "m2"}), "m2")
