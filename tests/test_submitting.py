@@ -325,21 +325,27 @@ def test_crash_in_uploading_reuses_the_upload(tmp_path: Path, api: FakeBatchAPI)
     h.assert_exactly_once(texts)
 
 
-def test_crash_in_creating_adopts_the_batch(tmp_path: Path, api: FakeBatchAPI) -> None:
-    h = Harness(tmp_path, api)
-    texts = _texts("z", 2)
-    name = h.add([texts])
+def _batch_left_by_a_dead_process(h: Harness, name: str) -> tuple[str, Any]:
+    """Upload ``name`` and create its batch with our metadata, as a killed run would have."""
     rec = h.journal.get(name)
     assert rec is not None
     with open(rec.path, "rb") as fh:
         fid = h.client.files.create(file=(name, fh), purpose="batch").id
-    # the previous process created the batch, then died before recording its id
     batch = h.client.batches.create(
         input_file_id=fid,
         endpoint="/v1/embeddings",
         completion_window="24h",
         metadata=h.submitter._metadata(rec),
     )
+    return fid, batch
+
+
+def test_crash_in_creating_adopts_the_batch(tmp_path: Path, api: FakeBatchAPI) -> None:
+    h = Harness(tmp_path, api)
+    texts = _texts("z", 2)
+    name = h.add([texts])
+    # the previous process created the batch, then died before recording its id
+    fid, batch = _batch_left_by_a_dead_process(h, name)
     h.journal.update(name, "creating", input_file_id=fid)
     h.run()
     assert h.journal.get(name).batch_id == batch.id  # type: ignore[union-attr]
@@ -351,16 +357,7 @@ def test_reconcile_pages_through_the_batch_list(tmp_path: Path, api: FakeBatchAP
     h = Harness(tmp_path, api)
     texts = _texts("pg", 2)
     name = h.add([texts])
-    rec = h.journal.get(name)
-    assert rec is not None
-    with open(rec.path, "rb") as fh:
-        fid = h.client.files.create(file=(name, fh), purpose="batch").id
-    ours = h.client.batches.create(
-        input_file_id=fid,
-        endpoint="/v1/embeddings",
-        completion_window="24h",
-        metadata=h.submitter._metadata(rec),
-    )
+    fid, ours = _batch_left_by_a_dead_process(h, name)
     other = h.client.files.create(file=("other.jsonl", b'{"x": 1}\n'), purpose="batch")
     for i in range(130):  # someone else's newer batches push ours to the second page
         h.client.batches.create(
