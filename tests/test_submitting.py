@@ -870,3 +870,14 @@ def test_adapter_rewrites_lines_both_ways_without_touching_planner_or_loader(
         for line in uploaded[0].data.decode().splitlines()
     )
     assert adapter.outputs_converted == 2  # every output line went through the hook
+
+
+def test_unreachable_provider_stops_the_run_instead_of_hanging(tmp_path: Path) -> None:
+    api = FakeBatchAPI(default_dims=DIMS).start()
+    h = Harness(tmp_path, api, unreachable_after=0.0)
+    h.add([_texts("u", 2)])
+    api.stop()  # the network is gone
+    with pytest.raises(BackendError, match="cannot reach") as info:
+        h.run()
+    assert "resume" in str(info.value)
+    assert h.states()["failed"] == 0  # nothing given up: the next run resumes

@@ -98,6 +98,7 @@ class BatchSubmitter:
         list_pages: int = 20,
         max_capacity_retries: int = 20,
         vanished_after: int = 3,
+        unreachable_after: float = 900.0,
     ) -> None:
         self.client = client
         # Never retry a POST that creates something billable: reconcile instead.
@@ -115,6 +116,9 @@ class BatchSubmitter:
         self.list_pages = list_pages
         self.max_capacity_retries = max_capacity_retries
         self.vanished_after = vanished_after  # consecutive 404s before a batch counts as lost
+        # seconds without progress after which the provider is probed, and the run stops
+        # if it does not answer (a cron job must not hang on a dead network)
+        self.unreachable_after = unreachable_after
         self._missing: dict[str, int] = {}
         self._hold_until = 0.0  # no new batches before this (provider queue full)
         self._capacity_failures = 0
@@ -140,12 +144,34 @@ class BatchSubmitter:
         self._emit = progress or (lambda _msg: None)
         self._swept = False
         delay = self._min_delay()
+        idle_since = self._clock()
         while True:
             step = self._round(journal, on_output)
             if not wait or not journal.pending():
                 return
+            if step.changed:
+                idle_since = self._clock()
+            elif self._clock() - idle_since > self.unreachable_after:
+                self._probe(self._clock() - idle_since)
+                idle_since = self._clock()
             delay = self._min_delay() if step.changed else min(self.poll_interval, delay * 2)
             self._sleep(delay * (0.5 + 0.5 * self._rng.random()))
+
+    def _probe(self, idle: float) -> None:
+        """After a long stretch without progress: is the provider there at all?
+
+        Batches may legitimately run for hours, so silence alone is no error; a provider
+        that does not answer a cheap list call is. The journal keeps everything, so the
+        next run resumes where this one stopped.
+        """
+        try:
+            self.client.batches.list(limit=1)
+        except (openai.APIConnectionError, httpx2.HTTPError) as exc:
+            raise BackendError(
+                f"cannot reach {self.client.base_url} (no progress for {idle:.0f} s): "
+                f"{describe_error(exc)}",
+                hint="nothing is lost; check the network or --base-url, then run again to resume",
+            ) from exc
 
     def _min_delay(self) -> float:
         return self.poll_interval / 16
