@@ -20,6 +20,12 @@ processed twice.
 
 Fault knobs are plain attributes; most are one-shot queues that a test fills before
 the call it wants to disturb. See the attribute comments in ``__init__``.
+
+Billing is modelled per identity: :attr:`FakeBatchAPI.billed` counts every input the
+provider returned a vector for (batch and real time), keyed by ``(model, dims, text)``;
+:attr:`FakeBatchAPI.lost` counts the billed inputs whose result the fake then corrupted
+or dropped (the provider lost it), so ``billed[k] <= 1 + lost[k]`` is the "never paid
+twice" rule. :attr:`FakeBatchAPI.rejected` counts inputs of requests answered 400.
 """
 
 from __future__ import annotations
@@ -116,6 +122,7 @@ class _Batch:
     )
     usage_tokens: int = 0
     expire_keep: int | None = None
+    vanish: int = 0  # retrieves left that answer 404; -1: gone for good
 
     def obj(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -188,6 +195,12 @@ class FakeBatchAPI:
         self.max_enqueued_tokens = 0  # highest sum of tokens of queued batches, at create
         self.max_enqueued_requests = 0  # same for request lines
         self.deleted_files: list[str] = []
+        # (model, dims, text) -> inputs returned with a vector (batch and real time)
+        self.billed: Counter[tuple[str, int, str]] = Counter()
+        # (model, dims, text) -> billed inputs whose output line the fake corrupted/dropped
+        self.lost: Counter[tuple[str, int, str]] = Counter()
+        # (model, dims, text) -> inputs of requests answered 400 (bad input, not billed)
+        self.rejected: Counter[tuple[str, int, str]] = Counter()
         # --- fault knobs ------------------------------------------------------------
         self.auto_advance = True  # each retrieve moves a batch one status on
         self.token_cap: int | None = None  # queued tokens above this fail at validation
@@ -202,7 +215,28 @@ class FakeBatchAPI:
         self.accept_output_expires_after = True
         self.retry_after_ms: int | None = 5  # sent with 429/5xx (keeps SDK retries quick)
         self.batch_api = True  # False: /v1/batches answers 404 (a server without it)
-        self.valid_keys: set[str] | None = None  # None: any bearer token is accepted
+        # None: any bearer token is accepted; set() (or a set without the client's key):
+        # every route answers 401 invalid_api_key before doing anything
+        self.valid_keys: set[str] | None = None
+        # next created batches answer 404 on retrieve/cancel and are absent from the list
+        # for N retrieves, then come back (and advance as usual); N = -1: gone for good,
+        # never processed, never billed (advance_all leaves them alone)
+        self.vanish_batches: list[int] = []
+        # next /v1/embeddings calls answer these HTTP statuses (401, 429, 500, ...)
+        # instead of a result; nothing is billed. The SDK retries 429/5xx itself.
+        self.realtime_faults: list[int] = []
+        # next finishing batches (with at least one successful line) get one successful
+        # output line corrupted: "bad_base64" (every embedding undecodable),
+        # "non_object_item" (every data item a string), "invalid_utf8" (raw 0xff bytes
+        # inside the line), "truncated_json" (the line cut in half). Its inputs were
+        # billed: they count in `lost`.
+        self.malformed_next: list[str] = []
+        # next finishing batches (with at least one successful line) silently omit N of
+        # their successful output lines (request_counts still claim them); billed, `lost`
+        self.drop_lines_next: list[int] = []
+        # any input containing this substring makes its request fail with 400 invalid
+        # input (an output line in batches, the whole HTTP request in real time)
+        self.poison: str | None = None
         self._kills: dict[str, list[int]] = {}  # point -> [pid, hits left]
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
@@ -257,17 +291,21 @@ class FakeBatchAPI:
     def enqueued(self) -> tuple[int, int]:
         """(tokens, request lines) of batches currently in the provider's queue."""
         with self._lock:
-            queued = [b for b in self.batches.values() if b.status in IN_QUEUE]
+            queued = [b for b in self.batches.values() if b.status in IN_QUEUE and b.vanish != -1]
             return sum(b.n_tokens for b in queued), sum(len(b.lines) for b in queued)
 
     def dims_for(self, model: str, requested: int | None = None) -> int:
         return requested or self.model_dims.get(model, self.default_dims)
 
     def advance_all(self) -> None:
-        """Move every unfinished batch to a terminal status."""
+        """Move every unfinished batch to a terminal status (not those gone for good).
+
+        Models time passing: the provider processes (and bills) a batch whether or not
+        anyone polls it.
+        """
         with self._lock:
             for batch in self.batches.values():
-                while batch.status not in TERMINAL:
+                while batch.status not in TERMINAL and batch.vanish != -1:
                     self._advance(batch)
 
     def _new_id(self, prefix: str) -> str:
@@ -474,6 +512,8 @@ class FakeBatchAPI:
                 int(time.time()),
             )
             self.batches[batch.id] = batch
+            if self.vanish_batches:
+                batch.vanish = self.vanish_batches.pop(0)
             self._parse_input(batch, f.data)
             tokens, lines = self.enqueued()
             self.max_enqueued_tokens = max(self.max_enqueued_tokens, tokens)
@@ -496,7 +536,11 @@ class FakeBatchAPI:
 
     def _list_batches(self, query: dict[str, str]) -> dict[str, Any]:
         with self._lock:
-            batches = sorted(self.batches.values(), key=lambda b: b.seq, reverse=True)
+            batches = sorted(
+                (b for b in self.batches.values() if b.vanish == 0),
+                key=lambda b: b.seq,
+                reverse=True,
+            )
             return _page([b.obj() for b in batches], query, default_limit=20, max_limit=100)
 
     def _retrieve(self, req: BaseHTTPRequestHandler, bid: str) -> None:
@@ -506,6 +550,9 @@ class FakeBatchAPI:
             raise _HTTPError(fault, "temporarily unavailable", "server_error")
         with self._lock:
             batch = self.batches.get(bid)
+            if batch is not None and batch.vanish != 0:
+                batch.vanish -= int(batch.vanish > 0)
+                batch = None
             if batch is None:
                 raise _HTTPError(404, f"No batch found with id '{bid}'", "not_found")
             if self.auto_advance:
@@ -517,7 +564,7 @@ class FakeBatchAPI:
     def _cancel(self, bid: str) -> dict[str, Any]:
         with self._lock:
             batch = self.batches.get(bid)
-            if batch is None:
+            if batch is None or batch.vanish != 0:
                 raise _HTTPError(404, f"No batch found with id '{bid}'", "not_found")
             if batch.status in TERMINAL:
                 raise _HTTPError(400, f"Cannot cancel a batch with status '{batch.status}'.")
@@ -597,31 +644,57 @@ class FakeBatchAPI:
         return []
 
     def _finish(self, batch: _Batch, status: str, n_done: int, stop_code: str) -> None:
-        ok: list[str] = []
-        bad: list[str] = []
+        ok: list[tuple[dict[str, Any], dict[str, Any]]] = []  # (result, request line)
+        bad: list[bytes] = []
         for n, line in enumerate(batch.lines):
             if n < n_done:
                 result = self._run_line(line)
-                (
-                    ok
-                    if result["error"] is None and result["response"]["status_code"] == 200
-                    else bad
-                ).append(json.dumps(result))
+                if result["error"] is None and result["response"]["status_code"] == 200:
+                    ok.append((result, line))
+                else:
+                    bad.append(json.dumps(result).encode())
                 batch.usage_tokens += _usage(result)
             else:
-                bad.append(json.dumps(_stopped_line(line, stop_code)))
+                bad.append(json.dumps(_stopped_line(line, stop_code)).encode())
         self._rng.shuffle(ok)
         self._rng.shuffle(bad)
-        batch.output_file_id = self._store_output(batch, "output", ok)
+        n_ok = len(ok)
+        out = self._damage_output(ok)
+        batch.output_file_id = self._store_output(batch, "output", out)
         batch.error_file_id = self._store_output(batch, "error", bad)
-        batch.counts = {"total": len(batch.lines), "completed": len(ok), "failed": len(bad)}
+        batch.counts = {"total": len(batch.lines), "completed": n_ok, "failed": len(bad)}
         batch.status = status
         batch.times[f"{status}_at"] = int(time.time())
 
-    def _store_output(self, batch: _Batch, kind: str, lines: list[str]) -> str | None:
+    def _damage_output(self, ok: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[bytes]:
+        """Apply malformed_next / drop_lines_next to a finishing batch's good lines."""
+        out = [json.dumps(result).encode() for result, _ in ok]
+        if not ok:
+            return out
+        kind = self.malformed_next.pop(0) if self.malformed_next else None
+        drop = self.drop_lines_next.pop(0) if self.drop_lines_next else 0
+        if kind is not None:
+            result, line = ok[0]
+            out[0] = _malformed(result, kind)
+            self._count_lost(line)
+        if drop > 0:
+            start = 1 if kind is not None else 0
+            for _, line in ok[start : start + drop]:
+                self._count_lost(line)
+            out = out[:start] + out[start + drop :]
+        return out
+
+    def _count_lost(self, line: dict[str, Any]) -> None:
+        body = line["body"]
+        model = body.get("model", "")
+        dims = self.dims_for(model, body.get("dimensions"))
+        for text in _inputs(body):
+            self.lost[(model, dims, text)] += 1
+
+    def _store_output(self, batch: _Batch, kind: str, lines: list[bytes]) -> str | None:
         if not lines:
             return None
-        data = ("\n".join(lines) + "\n").encode()
+        data = b"\n".join(lines) + b"\n"
         f = _File(
             self._new_id("file"), f"{batch.id}_{kind}.jsonl", "batch_output", data, int(time.time())
         )
@@ -639,9 +712,12 @@ class FakeBatchAPI:
         body = line["body"]
         texts = _inputs(body)
         too_long = [t for t in texts if self.count_tokens(t) > self.max_tokens_per_input]
-        if fault in ("400", "500") or too_long or "" in texts:
+        poisoned = self._poisoned(texts)
+        if fault in ("400", "500") or too_long or "" in texts or poisoned:
             status = 500 if fault == "500" else 400
             msg = "The server had an error." if status == 500 else "Invalid input."
+            if status == 400:
+                self._count_rejected(body, texts)
             if too_long:
                 n = self.count_tokens(too_long[0])
                 msg = f"This model's maximum context length is {self.max_tokens_per_input} "
@@ -670,6 +746,7 @@ class FakeBatchAPI:
         for i, text in enumerate(texts):
             vec = fake_vector(text, dims)
             counter[text] += 1
+            self.billed[(model, dims, text)] += 1
             emb: Any = base64.b64encode(vec.tobytes()).decode() if b64 else vec.tolist()
             data.append({"object": "embedding", "index": i, "embedding": emb})
         tokens = sum(self.count_tokens(t) for t in texts)
@@ -681,11 +758,31 @@ class FakeBatchAPI:
         }
 
     def _realtime(self, body: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            fault = self.realtime_faults.pop(0) if self.realtime_faults else None
+        if fault == 401:
+            raise _HTTPError(401, "Incorrect API key provided", "invalid_api_key")
+        if fault == 429:
+            raise _HTTPError(429, "Rate limit reached for requests", "rate_limit_exceeded")
+        if fault:
+            raise _HTTPError(fault, "The server had an error", "server_error")
         texts = _inputs(body)
         if not texts or "" in texts:
             raise _HTTPError(400, "'$.input' is invalid.")
         with self._lock:
+            if self._poisoned(texts):
+                self._count_rejected(body, texts)
+                raise _HTTPError(400, "Invalid input.", "invalid_input")
             return self._embed(body, texts, self.realtime_processed)
+
+    def _poisoned(self, texts: list[str]) -> bool:
+        return self.poison is not None and any(self.poison in t for t in texts)
+
+    def _count_rejected(self, body: dict[str, Any], texts: list[str]) -> None:
+        model = body.get("model", "")
+        dims = self.dims_for(model, body.get("dimensions"))
+        for text in texts:
+            self.rejected[(model, dims, text)] += 1
 
 
 # ------------------------------------------------------------------- helpers ---
@@ -711,6 +808,25 @@ def _response_line(cid: str, status: int, body: dict[str, Any]) -> dict[str, Any
         "response": {"status_code": status, "request_id": f"req_{cid[-8:]}", "body": body},
         "error": None,
     }
+
+
+def _malformed(result: dict[str, Any], kind: str) -> bytes:
+    """One successful output line, corrupted the way ``kind`` says (its vectors lost)."""
+    result = json.loads(json.dumps(result))
+    data = result["response"]["body"]["data"]
+    if kind == "bad_base64":
+        for item in data:
+            item["embedding"] = "@@not*base64@@"
+        return json.dumps(result).encode()
+    if kind == "non_object_item":
+        result["response"]["body"]["data"] = ["embedding" for _ in data]
+        return json.dumps(result).encode()
+    raw = json.dumps(result).encode()
+    if kind == "invalid_utf8":
+        return raw.replace(b'"model": "', b'"model": "\xff\xfe', 1)
+    if kind == "truncated_json":
+        return raw[: len(raw) // 2]
+    raise ValueError(f"unknown malformed kind {kind!r}")
 
 
 def _stopped_line(line: dict[str, Any], code: str) -> dict[str, Any]:
