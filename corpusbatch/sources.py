@@ -364,17 +364,25 @@ def _read_all(root: Path, rules: _Rules, on_skip: SkipCallback | None) -> Iterat
 
 
 def read_document(
-    root: Path, path: Path, *, on_skip: SkipCallback | None = None
+    root: Path,
+    path: Path,
+    *,
+    on_skip: SkipCallback | None = None,
+    on_unreadable: SkipCallback | None = None,
 ) -> Document | None:
     """Read one file into a :class:`Document`, or return ``None`` if it must be skipped.
 
-    ``path`` may be absolute or relative to ``root``. The reason for a skip goes to
-    ``on_skip`` (and the log).
+    ``path`` may be absolute or relative to ``root``. A file skipped for its content
+    (binary, empty, too large) goes to ``on_skip``; a file that could not be read at all
+    (permission denied, an I/O error, vanished, not a regular file any more) goes to
+    ``on_unreadable`` when given, else to ``on_skip``: its content is unknown, so a
+    caller should not remember it as skipped for good but try it again next time.
+    Both reasons are logged.
     """
     root = Path(root).resolve()
     full = path if path.is_absolute() else root / path
     rel = _relative(root, full)
-    raw = _read_bytes(full, rel, on_skip)
+    raw = _read_bytes(full, rel, on_skip, on_unreadable or on_skip)
     if raw is None:
         return None
     if _looks_binary(raw):
@@ -400,7 +408,11 @@ def _relative(root: Path, full: Path) -> str:
         return full.as_posix()
 
 
-def _read_bytes(full: Path, rel: str, on_skip: SkipCallback | None) -> bytes | None:
+def _read_bytes(
+    full: Path, rel: str, on_skip: SkipCallback | None, on_unreadable: SkipCallback | None
+) -> bytes | None:
+    """The file's bytes, or None: too large goes to ``on_skip``, read errors to
+    ``on_unreadable``."""
     try:
         size = full.stat().st_size
         if size > MAX_FILE_BYTES:
@@ -408,10 +420,22 @@ def _read_bytes(full: Path, rel: str, on_skip: SkipCallback | None) -> bytes | N
             return None
         return full.read_bytes()
     except PermissionError:
-        _skip(on_skip, rel, "permission denied; fix its permissions or exclude it")
+        _unreadable(on_unreadable, rel, "permission denied; fix its permissions or exclude it")
+    except FileNotFoundError:
+        _unreadable(on_unreadable, rel, "cannot read file: it vanished after it was listed")
     except OSError as exc:
-        _skip(on_skip, rel, f"cannot read file ({exc.strerror or exc})")
+        _unreadable(
+            on_unreadable,
+            rel,
+            f"cannot read file ({exc.strerror or exc}); fix the error or exclude the file",
+        )
     return None
+
+
+def _unreadable(on_unreadable: SkipCallback | None, rel: str, reason: str) -> None:
+    logger.warning("cannot read %s: %s", rel, reason)
+    if on_unreadable is not None:
+        on_unreadable(rel, reason)
 
 
 def _looks_binary(raw: bytes) -> bool:

@@ -233,6 +233,58 @@ def test_file_vanishing_after_listing_is_reported(tmp_path: Path) -> None:
     assert "cannot read" in skips["gone.md"]
 
 
+def test_read_errors_go_to_on_unreadable_and_content_skips_to_on_skip(tmp_path: Path) -> None:
+    write(tmp_path, "blob.txt", b"abc\x00" * 100)
+    write(tmp_path, "empty.md", "")
+    write(tmp_path, "ok.md", "text\n")
+    gone = write(tmp_path, "gone.md", "here for the listing\n")
+    swapped = write(tmp_path, "swapped.md", "a file when listed\n")
+    listed = list_files(tmp_path)
+    gone.unlink()
+    swapped.unlink()
+    swapped.mkdir()  # read_bytes() now fails with IsADirectoryError, a real OSError
+    skipped: dict[str, str] = {}
+    unreadable: dict[str, str] = {}
+    docs = [
+        read_document(
+            tmp_path, p, on_skip=skipped.__setitem__, on_unreadable=unreadable.__setitem__
+        )
+        for p in listed
+    ]
+    assert [d.path for d in docs if d is not None] == ["ok.md"]
+    assert set(skipped) == {"blob.txt", "empty.md"}  # known content: skip for good
+    assert set(unreadable) == {"gone.md", "swapped.md"}  # unknown content: try again
+    assert "vanished" in unreadable["gone.md"]
+    assert "cannot read" in unreadable["swapped.md"] and "directory" in unreadable["swapped.md"]
+    assert "fix" in unreadable["swapped.md"]  # says what to do
+
+
+def test_read_errors_still_go_to_on_skip_without_on_unreadable(tmp_path: Path) -> None:
+    swapped = write(tmp_path, "swapped.md", "a file when listed\n")
+    (listed,) = list_files(tmp_path)
+    swapped.unlink()
+    swapped.mkdir()
+    skipped: dict[str, str] = {}
+    assert read_document(tmp_path, listed, on_skip=skipped.__setitem__) is None
+    assert "cannot read" in skipped["swapped.md"]
+
+
+@pytest.mark.skipif(os.name == "nt" or os.geteuid() == 0, reason="root can read anything")
+def test_permission_denied_goes_to_on_unreadable(tmp_path: Path) -> None:
+    path = write(tmp_path, "locked.md", "secret\n")
+    path.chmod(0)
+    skipped: dict[str, str] = {}
+    unreadable: dict[str, str] = {}
+    try:
+        doc = read_document(
+            tmp_path, path, on_skip=skipped.__setitem__, on_unreadable=unreadable.__setitem__
+        )
+    finally:
+        path.chmod(0o644)
+    assert doc is None and not skipped
+    assert "permission" in unreadable["locked.md"]
+
+
 def test_root_errors(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="does not exist") as info:
         iter_documents(tmp_path / "nope")  # raised by the call, not on first next()
