@@ -122,6 +122,7 @@ class _Batch:
     )
     usage_tokens: int = 0
     expire_keep: int | None = None
+    n_bytes: int = 0  # size of the input file (kept: the client may delete the file)
     vanish: int = 0  # retrieves left that answer 404; -1: gone for good
 
     def obj(self) -> dict[str, Any]:
@@ -273,6 +274,11 @@ class FakeBatchAPI:
         """
         with self._lock:
             self._kills[point] = [pid, nth]
+
+    def clear_kills(self) -> None:
+        """Disarm every kill point (call after a run that was not killed)."""
+        with self._lock:
+            self._kills.clear()
 
     def _maybe_kill(self, point: str) -> None:
         with self._lock:
@@ -514,6 +520,7 @@ class FakeBatchAPI:
             self.batches[batch.id] = batch
             if self.vanish_batches:
                 batch.vanish = self.vanish_batches.pop(0)
+            batch.n_bytes = len(f.data)
             self._parse_input(batch, f.data)
             tokens, lines = self.enqueued()
             self.max_enqueued_tokens = max(self.max_enqueued_tokens, tokens)
@@ -598,10 +605,9 @@ class FakeBatchAPI:
             self._finish(batch, "cancelled", self.cancel_keep, "batch_cancelled")
 
     def _validate(self, batch: _Batch) -> list[dict[str, Any]]:
-        data = self.files[batch.input_file_id].data
         if not batch.lines:
             return [_batch_error("empty_file", "The input file is empty.")]
-        if len(data) > self.max_bytes:
+        if batch.n_bytes > self.max_bytes:
             return [_batch_error("file_too_large", f"File is larger than {self.max_bytes}.")]
         if len(batch.lines) > self.max_lines:
             return [_batch_error("too_many_tasks", f"More than {self.max_lines} requests.")]

@@ -1,0 +1,595 @@
+"""Many nights of a cron job, as a seeded random walk against the loopback fake Batch API.
+
+Each night mutates a small Markdown corpus (edit, add, delete, rename, empty the root,
+restore it), sometimes changes the identity (model, ``--dimensions``, input prefix) or
+``--realtime-under``, sometimes arms one provider fault, then does one thing: ``index``
+(waiting or ``--no-wait``), ``collect``, ``plan`` (a dry run, of the root or of ``sub/``),
+``verify --repair`` (sometimes after duplicating table rows), or runs the real CLI and
+SIGKILLs it at a random point, then re-runs. After every run that returns, the shared
+invariants (``tests/invariants.py``) must hold.
+
+CI runs ``NIGHTS`` nights of one seed. For long runs::
+
+    CORPUSBATCH_NIGHTS=5000 CORPUSBATCH_SEED=123 python -m pytest -q tests/test_nights.py -s
+
+``CORPUSBATCH_KEEP_GOING=1`` records every finding instead of stopping at the first.
+On failure the seed and the night-by-night steps are printed; the walk is a pure
+function of the seed, so the same seed and ``CORPUSBATCH_NIGHTS=<failing night>``
+replays it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fakeapi import FakeBatchAPI
+from invariants import (
+    CleanBuilder,
+    Row,
+    billing_problems,
+    lost_problems,
+    read_files,
+    table_problems,
+    table_rows,
+)
+
+import corpusbatch
+from corpusbatch import Settings, collect
+from corpusbatch.errors import CorpusbatchError
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+NIGHTS = int(os.environ.get("CORPUSBATCH_NIGHTS", "50"))
+SEED = int(os.environ.get("CORPUSBATCH_SEED", "20251"))
+KEEP_GOING = os.environ.get("CORPUSBATCH_KEEP_GOING", "") not in ("", "0")
+RUN_TIMEOUT = float(os.environ.get("CORPUSBATCH_RUN_TIMEOUT", "60"))
+POISON = "zzpoisonzz"
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "batch",
+    "vector",
+    "lance",
+    "token",
+    "chunk",
+    "file",
+    "queue",
+    "wave",
+    "river",
+    "stone",
+    "cloud",
+    "lamp",
+    "orbit",
+    "cedar",
+    "maple",
+    "ember",
+    "frost",
+    "harbor",
+    "meadow",
+    "quartz",
+    "violet",
+    "willow",
+    "amber",
+]
+MODELS = ("text-embedding-3-small", "text-embedding-3-large")
+KILL_POINTS = ("upload", "create", "retrieve", "download", "downloaded", "delete")
+LIMITS = {"max_inputs_per_file": 6, "max_inputs_per_request": 3}
+CHUNK_TOKENS = 60
+FAULTS = (
+    "vanish2",
+    "vanish_gone",
+    "bad_key",
+    "rt429",
+    "rt500",
+    "rt401",
+    "expire",
+    "malformed",
+    "drop_lines",
+    "download_drop",
+    "create_500_after",
+)
+
+
+class Timeout(Exception):
+    pass
+
+
+@contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Raise :class:`Timeout` in this (main) thread if the block runs too long."""
+
+    def fire(*_: object) -> None:
+        raise Timeout(f"no answer after {seconds:.0f} s")
+
+    old = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@dataclass
+class Ident:
+    model: str = MODELS[0]
+    dims: int = 32
+    prefix: str = ""
+    realtime_under: int | None = None
+
+
+@dataclass
+class Walk:
+    """The model: the corpus on disk, the settings, what the index should hold."""
+
+    rng: random.Random
+    root: Path
+    work: Path
+    api: FakeBatchAPI
+    clean: CleanBuilder
+    ident: Ident = field(default_factory=Ident)
+    stash: dict[str, bytes] = field(default_factory=dict)  # files of an emptied root
+    scanned: dict[str, bytes] | None = None  # corpus of the last index run
+    scanned_settings: Settings | None = None
+    previous: list[Row] = field(default_factory=list)  # table after the last run
+    allow_mass_delete: bool = False
+    steps: list[str] = field(default_factory=list)
+    findings: list[str] = field(default_factory=list)
+    night: int = 0
+    counter: int = 0
+    paid_twice: set[str] = field(default_factory=set)  # billing findings already made
+
+    # ------------------------------------------------------------------- settings ---
+    def settings(self) -> Settings:
+        return Settings(
+            index_dir=self.work / "idx",
+            provider="openai",
+            base_url=self.api.base_url,
+            model=self.ident.model,
+            dimensions=self.ident.dims,
+            input_prefix=self.ident.prefix,
+            chunk_tokens=CHUNK_TOKENS,
+            poll_interval=0.01,
+            limits=dict(LIMITS),
+            realtime_under=self.ident.realtime_under,
+        )
+
+    # -------------------------------------------------------------------- corpus ---
+    def paragraph(self) -> str:
+        rng = self.rng
+        if rng.random() < 0.01:
+            words = [rng.choice(WORDS) for _ in range(rng.randint(12, 30))]
+            words.insert(rng.randrange(len(words)), POISON)
+            return " ".join(words)
+        existing = [p for f in self.files().values() for p in _paragraphs(f)]
+        if existing and rng.random() < 0.15:  # shared chunks: one vector, many rows
+            return rng.choice(existing)
+        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(12, 40)))
+
+    def document(self) -> str:
+        self.counter += 1
+        parts = [f"# Note {self.counter}"]
+        parts += [self.paragraph() for _ in range(self.rng.randint(2, 5))]
+        return "\n\n".join(parts) + "\n"
+
+    def files(self) -> dict[str, str]:
+        return {k: v.decode() for k, v in read_files(self.root).items()}
+
+    def new_name(self) -> str:
+        self.counter += 1
+        folder = "sub/" if self.rng.random() < 0.3 else ""
+        return f"{folder}n{self.counter}.md"
+
+    def write(self, rel: str, text: str) -> None:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        # a later edit in the same second must still look changed (size and mtime)
+        os.utime(path, ns=(time.time_ns(), time.time_ns() + self.counter * 1000))
+
+    def mutate(self) -> str:
+        rng, files = self.rng, self.files()
+        op = rng.choices(["edit", "add", "delete", "rename"], [5, 2, 1.5, 1.5])[0]
+        if not files or op == "add":
+            rel = self.new_name()
+            self.write(rel, self.document())
+            return f"add {rel}"
+        rel = rng.choice(sorted(files))
+        if op == "edit":
+            paras = _paragraphs(files[rel])
+            head = files[rel].split("\n\n", 1)[0]
+            if paras and rng.random() < 0.6:
+                paras[rng.randrange(len(paras))] = self.paragraph()
+            else:
+                paras.append(self.paragraph())
+            self.write(rel, "\n\n".join([head, *paras]) + "\n")
+            return f"edit {rel}"
+        if op == "delete":
+            (self.root / rel).unlink()
+            return f"delete {rel}"
+        new = self.new_name()
+        (self.root / new).parent.mkdir(parents=True, exist_ok=True)
+        (self.root / rel).rename(self.root / new)
+        return f"rename {rel} -> {new}"
+
+    def empty_root(self) -> str:
+        self.stash = read_files(self.root)
+        for rel in self.stash:
+            (self.root / rel).unlink()
+        return "empty the root"
+
+    def restore(self) -> str:
+        for rel, data in self.stash.items():
+            (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (self.root / rel).write_bytes(data)
+        self.stash = {}
+        return "restore the root"
+
+    # --------------------------------------------------------------------- faults ---
+    def arm(self, fault: str) -> None:
+        api, rng = self.api, self.rng
+        match fault:
+            case "vanish2":
+                api.vanish_batches = [rng.randint(1, 3)]
+            case "vanish_gone":
+                api.vanish_batches = [-1]
+            case "bad_key":
+                api.valid_keys = {"someone-elses-key"}
+            case "rt429":
+                api.realtime_faults = [429] * 4
+            case "rt500":
+                api.realtime_faults = [500] * 4
+            case "rt401":
+                api.realtime_faults = [401]
+            case "expire":
+                api.expire_next = [rng.randint(0, 1)]
+            case "malformed":
+                kinds = ["bad_base64", "non_object_item", "invalid_utf8", "truncated_json"]
+                api.malformed_next = [rng.choice(kinds)]
+            case "drop_lines":
+                api.drop_lines_next = [1]
+            case "download_drop":
+                api.download_drops = 1
+            case "create_500_after":
+                api.create_faults = ["500-after"]
+
+    def disarm(self) -> None:
+        api = self.api
+        api.valid_keys = None
+        api.vanish_batches, api.realtime_faults, api.expire_next = [], [], []
+        api.malformed_next, api.drop_lines_next, api.create_faults = [], [], []
+        api.download_drops = 0
+        api.clear_kills()
+
+    # ------------------------------------------------------------------- checking ---
+    def find(self, what: str) -> None:
+        msg = f"night {self.night}: {what}"
+        self.findings.append(msg)
+        self.steps.append("  !! " + what.replace("\n", "\n     "))
+        if not KEEP_GOING:
+            raise AssertionError(msg)
+
+    def check_table(
+        self,
+        files: dict[str, bytes],
+        settings: Settings,
+        report: Any = None,
+        *,
+        refused: bool = False,
+    ) -> None:
+        incomplete = list(getattr(report, "incomplete_sources", None) or [])
+        problems = table_problems(
+            settings,
+            files,
+            self.api,
+            self.clean,
+            previous=self.previous,
+            incomplete=incomplete,
+            refused=refused,
+        )
+        done = report is not None and not incomplete and not report.pending_files
+        if done and not refused:
+            wanted = [r.text for r in self.clean.rows(files, settings)]
+            problems += lost_problems(self.api, settings, wanted)
+        if problems:
+            self.find("invariants broken:\n" + "\n".join(problems))
+
+    def unchanged(self, why: str) -> None:
+        if table_rows(self.settings()) != self.previous:
+            self.find(f"the table changed after {why}")
+
+    # ----------------------------------------------------------------------- runs ---
+    def library(self, fn: Callable[[], Any]) -> tuple[str, Any]:
+        """Run a library call; ('ok', report) or (error class name, exception)."""
+        try:
+            with deadline(RUN_TIMEOUT):
+                return "ok", fn()
+        except CorpusbatchError as exc:
+            return type(exc).__name__, exc
+        except Timeout as exc:
+            return "Timeout", exc
+        except Exception as exc:  # a crash: always a finding
+            tb = traceback.format_exception(exc)[-3:]
+            return "crash", "".join(tb).strip()
+
+    def index_run(self, *, wait: bool, fault: str | None, label: str) -> None:
+        settings = self.settings()
+        files = read_files(self.root)
+        expect_refusal = not files and bool(self.previous) and not self.allow_mass_delete
+        allow = self.allow_mass_delete
+        extra = {"allow_mass_delete": True} if allow else {}
+        outcome, value = self.library(
+            lambda: corpusbatch.index(self.root, settings, api_key="k", wait=wait, **extra)
+        )
+        self.allow_mass_delete = False
+        self.outcome(label, outcome, value, fault, settings, files, expect_refusal)
+
+    def outcome(
+        self,
+        label: str,
+        outcome: str,
+        value: Any,
+        fault: str | None,
+        settings: Settings,
+        files: dict[str, bytes],
+        expect_refusal: bool,
+    ) -> None:
+        summary = outcome
+        if outcome == "ok":
+            summary = _summary(value)
+        self.steps.append(f"  {label} -> {summary}")
+        if outcome == "MassDeleteRefused":
+            if not expect_refusal and files:
+                self.find(f"mass delete refused although {len(files)} files are there: {value}")
+            self.check_table(files, settings, refused=True)
+            self.allow_mass_delete = self.rng.random() < 0.5
+            return
+        if expect_refusal and outcome == "ok":
+            self.find(f"emptied root: {label} did not refuse (table now {_summary(value)})")
+        if outcome in ("crash", "Timeout"):
+            self.find(f"{label}: {outcome}: {value}")
+            return
+        if outcome != "ok":
+            if fault in ("bad_key", "rt401") and outcome == "BackendError":
+                self.unchanged(f"{label} stopped on a bad key")
+                self.scanned, self.scanned_settings = files, settings
+                return
+            self.find(f"{label}: unexpected {outcome}: {value}")
+            return
+        self.scanned, self.scanned_settings = files, settings
+        self.check_table(files, settings, value)
+
+    def collect_run(self, fault: str | None) -> None:
+        if self.scanned_settings is None:
+            return
+        settings = self.scanned_settings
+        outcome, value = self.library(lambda: collect(settings, api_key="k", wait=True))
+        self.outcome("collect", outcome, value, fault, settings, self.scanned or {}, False)
+
+    def plan_run(self) -> None:
+        sub = self.rng.random() < 0.6 and (self.root / "sub").is_dir()
+        where = self.root / "sub" if sub else self.root
+        settings = self.settings()
+        outcome, value = self.library(
+            lambda: corpusbatch.index(where, settings, api_key="k", dry_run=True)
+        )
+        label = f"plan {'sub/' if sub else '.'}"
+        self.steps.append(f"  {label} -> {outcome}")
+        if outcome not in ("ok", "MassDeleteRefused"):
+            self.find(f"{label}: {outcome}: {value}")
+        self.unchanged(label)
+
+    def verify_run(self, fault: str | None) -> None:
+        from corpusbatch.verify import verify
+
+        settings = self.settings()
+        damage = self.previous and self.rng.random() < 0.5
+        label = "verify --repair"
+        if damage:
+            self.duplicate_rows(settings)
+            label = "duplicate 2 rows; verify --repair"
+        files = read_files(self.root)
+        outcome, value = self.library(lambda: verify(settings, self.root, repair=True, api_key="k"))
+        if outcome == "ok":
+            value = value.repaired
+            if value is None:
+                self.steps.append(f"  {label} -> nothing repaired")
+                self.find(f"{label}: no repair run")
+                return
+        self.outcome(label, outcome, value, fault, settings, files, False)
+
+    def duplicate_rows(self, settings: Settings) -> None:
+        import lancedb
+
+        table = lancedb.connect(str(settings.index_dir / "lancedb")).open_table(settings.table)
+        rows = table.to_arrow().slice(0, 2)
+        table.add(rows)
+
+    def kill_run(self) -> None:
+        settings = self.settings()
+        point = self.rng.choice(KILL_POINTS)
+        nth = self.rng.randint(1, 3)
+        files = read_files(self.root)
+        proc = _cli(self.root, settings, self.work / "config.toml")
+        self.api.kill_at(point, proc.pid, nth)
+        try:
+            _, err = proc.communicate(timeout=RUN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+            self.find(f"CLI index (kill at {point} #{nth}) hung")
+        finally:
+            self.api.clear_kills()
+        code = proc.returncode
+        self.steps.append(f"  CLI index, SIGKILL at {point} #{nth} -> exit {code}")
+        if code not in (0, 4, 5, 6, -signal.SIGKILL):
+            self.find(f"CLI index exit {code}: {err.decode()[-600:]}")
+        if code == 0 and not files and self.previous:
+            self.find("emptied root: the CLI did not refuse the mass delete")
+        self.scanned, self.scanned_settings = files, settings
+        self.index_run(wait=True, fault=None, label="rerun index")
+
+    # ----------------------------------------------------------------------- night ---
+    def one_night(self) -> None:
+        rng = self.rng
+        notes: list[str] = []
+        if self.stash and rng.random() < 0.6:
+            notes.append(self.restore())
+        elif not self.stash and read_files(self.root) and rng.random() < 0.05:
+            notes.append(self.empty_root())
+        else:
+            for _ in range(rng.choice([0, 1, 1, 2, 3])):
+                notes.append(self.mutate())
+        if rng.random() < 0.1:
+            self.ident.model = rng.choice(MODELS)
+            notes.append(f"model {self.ident.model}")
+        if rng.random() < 0.1:
+            self.ident.dims = rng.choice([32, 48])
+            notes.append(f"dimensions {self.ident.dims}")
+        if rng.random() < 0.08:
+            self.ident.prefix = rng.choice(["", "q: "])
+            notes.append(f"prefix {self.ident.prefix!r}")
+        if rng.random() < 0.12:
+            self.ident.realtime_under = rng.choice([None, 400])
+            notes.append(f"realtime-under {self.ident.realtime_under}")
+        op = rng.choices(
+            ["index", "no-wait", "collect", "plan", "verify", "kill"], [40, 16, 10, 8, 8, 9]
+        )[0]
+        fault = None
+        if op not in ("plan", "kill") and rng.random() < 0.35:
+            fault = rng.choices(FAULTS, [4, 1, 2, 1, 1, 1, 3, 3, 3, 2, 2])[0]
+            self.arm(fault)
+            notes.append(f"fault {fault}")
+        self.steps.append(f"night {self.night}: " + "; ".join(notes or ["no change"]))
+        t0 = time.monotonic()
+        try:
+            match op:
+                case "index":
+                    self.index_run(wait=True, fault=fault, label="index")
+                case "no-wait":
+                    self.index_run(wait=False, fault=fault, label="index --no-wait")
+                case "collect":
+                    self.collect_run(fault)
+                case "plan":
+                    self.plan_run()
+                case "verify":
+                    self.verify_run(fault)
+                case "kill":
+                    self.kill_run()
+        finally:
+            self.disarm()
+            self.previous = table_rows(self.settings())
+            if rng.random() < 0.8:
+                self.api.advance_all()  # overnight the provider finishes (and bills)
+            new = [p for p in billing_problems(self.api) if p not in self.paid_twice]
+            self.paid_twice.update(new)
+            if new:  # after the night: abandoned batches are billed by now
+                self.find("paid twice:\n" + "\n".join(new))
+            self.steps.append(f"  ({time.monotonic() - t0:.1f} s)")
+
+
+def _paragraphs(text: str) -> list[str]:
+    return [p.strip() for p in text.split("\n\n")[1:] if p.strip()]
+
+
+def _summary(report: Any) -> str:
+    parts = [f"route={report.route}", f"planned={report.files_planned}"]
+    if report.pending_files:
+        parts.append(f"pending={report.pending_files}")
+    if report.published:
+        parts.append("published")
+    if report.failed:
+        parts.append(f"failed={len(report.failed)}")
+    incomplete = getattr(report, "incomplete_sources", None)
+    if incomplete:
+        parts.append(f"incomplete={len(incomplete)}")
+    return " ".join(parts)
+
+
+def _cli(root: Path, settings: Settings, config: Path) -> subprocess.Popen[bytes]:
+    limits = "".join(f"{k} = {v}\n" for k, v in LIMITS.items())
+    config.write_text(f"chunk_tokens = {CHUNK_TOKENS}\npoll_interval = 0.01\n[limits]\n{limits}")
+    args = [
+        sys.executable,
+        "-m",
+        "corpusbatch",
+        "index",
+        str(root),
+        "--provider",
+        "openai",
+        "--base-url",
+        str(settings.base_url),
+        "--index-dir",
+        str(settings.index_dir),
+        "--config",
+        str(config),
+        "--model",
+        str(settings.model),
+        "--dimensions",
+        str(settings.dimensions),
+        "-q",
+    ]
+    if settings.input_prefix:
+        args += ["--input-prefix", settings.input_prefix]
+    if settings.realtime_under:
+        args += ["--realtime-under", str(settings.realtime_under)]
+    env = dict(os.environ, OPENAI_API_KEY="k", PYTHONPATH=str(REPO))
+    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def run_walk(seed: int, nights: int, tmp: Path) -> Walk:
+    rng = random.Random(seed)
+    root = tmp / "corpus"
+    root.mkdir()
+    with FakeBatchAPI(seed=seed) as api, CleanBuilder(poison=POISON) as clean:
+        api.poison = POISON
+        walk = Walk(rng=rng, root=root, work=tmp, api=api, clean=clean)
+        for _ in range(rng.randint(6, 10)):
+            walk.write(walk.new_name(), walk.document())
+        try:
+            for night in range(nights):
+                walk.night = night
+                walk.one_night()
+        except AssertionError:
+            pass
+        return walk
+
+
+def test_many_nights(tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    walk = run_walk(SEED, NIGHTS, tmp_path)
+    took = time.monotonic() - t0
+    print(f"seed {SEED}: {walk.night + 1} nights in {took:.1f} s")
+    if walk.findings:
+        log = "\n".join(walk.steps)
+        pytest.fail(
+            f"seed {SEED} (replay: CORPUSBATCH_SEED={SEED} CORPUSBATCH_NIGHTS={walk.night + 1})"
+            f"\n{len(walk.findings)} finding(s); steps:\n{log}",
+            pytrace=False,
+        )
+
+
+if __name__ == "__main__":  # python tests/test_nights.py SEED NIGHTS: print the walk
+    import tempfile
+
+    seed = int(sys.argv[1]) if len(sys.argv) > 1 else SEED
+    nights = int(sys.argv[2]) if len(sys.argv) > 2 else NIGHTS
+    with tempfile.TemporaryDirectory() as d:
+        w = run_walk(seed, nights, Path(d))
+        print("\n".join(w.steps))
+        print(f"{len(w.findings)} finding(s)")
