@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import click
 
 from .config import PROFILES, Settings, settings_from
-from .errors import CorpusbatchError
+from .errors import ConfigError, CorpusbatchError
 
 EXIT_PARTIAL = 4
 F = TypeVar("F", bound=Callable[..., Any])
@@ -207,7 +207,11 @@ _index_options = _options(_WHERE, _PROVIDER, _MODEL, _CHUNKING)
 
 def _settings(*, remember: bool = True, **flags: Any) -> Settings:
     """Settings from flags > config file > what the index remembers (unless ``remember``
-    is off, as for `index` and `plan`) > defaults."""
+    is off, as for `index` and `plan`) > defaults.
+
+    A remembered base URL or key variable that this run's flags and config file do not
+    name is never used to read or send a key (see :mod:`corpusbatch.config`): it raises
+    :class:`ConfigError`, or is dropped where the provider's built-in value applies."""
     config_path = flags.pop("config_path", None)
     if config_path is None and Path("corpusbatch.toml").exists():
         config_path = Path("corpusbatch.toml")
@@ -223,7 +227,10 @@ def _settings(*, remember: bool = True, **flags: Any) -> Settings:
 
 
 def _api_key(settings: Settings) -> str | None:
-    """The API key from the environment, read only for a remote provider chosen explicitly."""
+    """The API key from the environment, read only for a remote provider chosen explicitly.
+
+    ``settings`` must come from :func:`_settings`: its ``base_url`` and ``api_key_env``
+    are then either named by this run or the provider's built-in ones."""
     profile = settings.profile()
     if not profile.remote or not profile.api_key_env:
         return None
@@ -459,11 +466,23 @@ def search_cmd(
 
 
 def _api_key_for_search(settings: Settings) -> str | None:
+    """The key for embedding the query with the provider recorded in the table.
+
+    The table's metadata is state too: its provider's built-in key variable is read only
+    if the query goes to that provider's built-in URL (the run's provider is the same),
+    or to a base URL this run named with --base-url or corpusbatch.toml."""
     from .workspace import open_table, table_identity
 
     provider = table_identity(open_table(settings)).get("provider") or settings.provider
     if provider == "local":
         return None
+    provider = str(provider)
+    if provider != settings.provider and settings.base_url is None:
+        raise ConfigError(
+            f"the table was built with provider {provider!r}, but this run uses "
+            f"{settings.provider!r}; its key is not sent to another provider's URL",
+            hint=f"pass --provider {provider} (and --base-url if it is not a built-in one)",
+        )
     return _api_key(replace(settings, provider=provider))
 
 

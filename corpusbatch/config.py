@@ -5,15 +5,37 @@ Precedence, resolved once in the CLI: command-line flag > config file
 The environment is read only for API keys, and only when a remote provider was chosen
 explicitly: a key lying in the environment never makes corpusbatch spend money.
 Library functions take a :class:`Settings` and read no environment themselves.
+
+Remembered settings are not trusted to direct keys. `collect`, `status`, `cancel`,
+`verify` and `search` fill unset options from the settings the index remembers
+(``store.db``), but that file is state this run did not write. The rule:
+
+* Remembered settings may choose a built-in provider (``local``, ``openai``,
+  ``deepinfra``); that provider's built-in key variable and built-in base URL then
+  apply. Those strings come from this code, never from the state.
+* A ``base_url`` or ``api_key_env`` that comes only from the remembered state (not from
+  a flag or the config file of this run) and differs from the provider's built-in value
+  is never used to read a key or to send one: the command stops with a
+  :class:`ConfigError` (exit 2) that says which flag confirms it. A remembered value that
+  looks like a key itself is not repeated in the message. For the local provider, which
+  reads no key, such values are ignored.
+* A flag or the config file naming ``base_url``/``api_key_env`` confirms it and wins.
+* ``api_key_env`` from a flag or the config file must be the NAME of an environment
+  variable: a value that is no plausible variable name or looks like a key is refused
+  without being stored, logged or echoed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import tomllib
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ConfigError
 
@@ -176,6 +198,10 @@ class Settings:
     delete_remote_files: bool = True
     max_attempts: int = 3  # per chunk, across resubmissions
 
+    def __post_init__(self) -> None:
+        if self.api_key_env is not None and not plausible_env_name(self.api_key_env):
+            raise ConfigError(_NOT_A_KEY, hint=_NOT_A_KEY_HINT)
+
     def profile(self) -> Profile:
         base = PROFILES.get(self.provider)
         if base is None:
@@ -254,7 +280,86 @@ def load_config_file(path: Path) -> dict[str, Any]:
             f"unknown key(s) {sorted(unknown)} in {path}",
             hint=f"valid keys: {', '.join(sorted(_SETTINGS_KEYS))}",
         )
+    env = data.get("api_key_env")
+    if env is not None and not (isinstance(env, str) and plausible_env_name(env)):
+        raise ConfigError(
+            f"api_key_env in {path} takes the NAME of an environment variable, not the key itself",
+            hint=_NOT_A_KEY_HINT,
+        )
     return data
+
+
+# -- api_key_env: a variable's name, never the key -------------------------------------
+_NOT_A_KEY = "--api-key-env takes the NAME of an environment variable, not the key itself"
+_NOT_A_KEY_HINT = (
+    "export the key as e.g. OPENAI_API_KEY and pass that name "
+    "(if you pasted a real key somewhere, consider rotating it)"
+)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+# Prefixes of common API keys and tokens (case-sensitive), with the shortest tail after
+# them that makes the value a key rather than a variable name like ``hf_token``.
+_KEY_PREFIXES = (
+    "sk-",
+    "sk_",
+    "rk_",
+    "pk_",
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "github_pat_",
+    "glpat-",
+    "xoxb-",
+    "xoxp-",
+    "hf_",
+    "gsk_",
+    "r8_",
+    "pplx-",
+    "nvapi-",
+    "jina_",
+)
+_AWS_KEY_ID = re.compile(r"(AKIA|ASIA)[A-Z0-9]{16}")
+
+
+def looks_like_key(value: str) -> bool:
+    """True if ``value`` looks like an API key or token rather than a variable name."""
+    if any(value.startswith(p) and len(value) - len(p) >= 8 for p in _KEY_PREFIXES):
+        return True
+    if value.startswith("sk-") or _AWS_KEY_ID.fullmatch(value):
+        return True
+    mixed = (
+        any(c.islower() for c in value)
+        and any(c.isupper() for c in value)
+        and any(c.isdigit() for c in value)
+    )
+    if mixed and len(value) >= 20 and "_" not in value:
+        return True
+    return mixed and len(value) >= 24 and _entropy(value) >= 4.2
+
+
+def _entropy(value: str) -> float:
+    n = len(value)
+    return -sum(c / n * math.log2(c / n) for c in Counter(value).values())
+
+
+def plausible_env_name(value: str) -> bool:
+    """True if ``value`` can be an environment variable's name and is not a key."""
+    return bool(_ENV_NAME.fullmatch(value)) and not looks_like_key(value)
+
+
+def redact_url(url: str) -> str:
+    """``url`` without what may be secret in it (user info, query, fragment)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = "***" if parts.query else ""
+    fragment = "***" if parts.fragment else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
 
 
 # Settings an index remembers from its last `index` run, so that `collect`, `status`,
@@ -294,13 +399,59 @@ def settings_from(
 ) -> Settings:
     """Build Settings: ``overrides`` (flags, None = unset) over the config file, over
     ``defaults`` (what the index remembers), over the built-in defaults."""
-    values: dict[str, Any] = {k: v for k, v in (defaults or {}).items() if k in REMEMBERED}
+    env = overrides.get("api_key_env")
+    if env is not None and not (isinstance(env, str) and plausible_env_name(env)):
+        raise ConfigError(_NOT_A_KEY, hint=_NOT_A_KEY_HINT)
+    memory: dict[str, Any] = {k: v for k, v in (defaults or {}).items() if k in REMEMBERED}
+    values = dict(memory)
+    confirmed: set[str] = set()
     if config_path is not None:
-        values.update(load_config_file(config_path))
-    values.update({k: v for k, v in overrides.items() if v is not None})
+        from_file = load_config_file(config_path)
+        values.update(from_file)
+        confirmed.update(from_file)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    values.update(given)
+    confirmed.update(given)
+    _distrust_remembered(values, memory, confirmed)
     for key in ("include", "exclude"):
         if key in values:
             values[key] = tuple(values[key])
     if "index_dir" in values:
         values["index_dir"] = Path(values["index_dir"])
     return Settings(**values)
+
+
+def _distrust_remembered(
+    values: dict[str, Any], memory: dict[str, Any], confirmed: set[str]
+) -> None:
+    """Apply the module docstring's rule to ``values`` (merged in place): drop or refuse
+    a remembered ``base_url``/``api_key_env`` that this run did not confirm."""
+    provider = str(values.get("provider") or Settings.provider)
+    builtin = PROFILES.get(provider)
+    for key in ("base_url", "api_key_env"):
+        value = memory.get(key)
+        if key in confirmed or value is None:
+            continue
+        if builtin is not None and (not builtin.remote or value == getattr(builtin, key)):
+            del values[key]  # local reads no key; the built-in value applies anyway
+            continue
+        if key == "base_url":
+            shown = redact_url(str(value))
+            raise ConfigError(
+                f"the index remembers base URL {shown} for provider {provider!r}; it is not "
+                "used to send an API key unless this run names it",
+                hint=f"pass --base-url {shown} (or set base_url in corpusbatch.toml) to confirm it",
+            )
+        if isinstance(value, str) and plausible_env_name(value):
+            raise ConfigError(
+                f"the index remembers key variable {value} for provider {provider!r}; it is "
+                "not read unless this run names it",
+                hint=f"pass --api-key-env {value} (or set api_key_env in corpusbatch.toml) "
+                "to confirm it",
+            )
+        raise ConfigError(
+            f"the index remembers an api_key_env for provider {provider!r} that is not a "
+            "variable name (it may be a key itself); it is neither read nor shown",
+            hint="pass --api-key-env NAME (or set api_key_env in corpusbatch.toml), and "
+            "re-run `corpusbatch index` with it to replace the remembered value",
+        )

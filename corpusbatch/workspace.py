@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ from typing import Any
 
 from .config import Settings
 from .errors import IndexNotFound, LockedError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -81,16 +84,31 @@ def connect(paths: IndexPaths) -> Any:
 
 
 def last_settings(index_dir: Path) -> dict[str, Any]:
-    """The settings the last `index` run on ``index_dir`` used (empty if none)."""
+    """The settings the last `index` run on ``index_dir`` used (empty if none).
+
+    This is state, not configuration: :func:`corpusbatch.config.settings_from` decides
+    what of it may be used (a remembered base URL or key variable is never trusted to
+    direct an API key). Unreadable or malformed values count as nothing remembered.
+    """
     path = IndexPaths(index_dir).store
     if not path.exists():
         return {}
     with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
         try:
             row = db.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()
-        except sqlite3.OperationalError:
+        except sqlite3.Error:
             return {}
-    return dict(json.loads(row[0])) if row else {}
+    if not row:
+        return {}
+    try:
+        value = json.loads(row[0])
+    except (TypeError, ValueError):
+        log.warning("the settings remembered in %s are not valid JSON; ignoring them", path)
+        return {}
+    if not isinstance(value, dict):
+        log.warning("the settings remembered in %s are malformed; ignoring them", path)
+        return {}
+    return value
 
 
 def open_table(settings: Settings) -> Any:

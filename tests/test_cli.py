@@ -102,14 +102,17 @@ def test_status_with_nothing_in_flight(runner: CliRunner) -> None:
 
 
 def test_collect_status_and_search_remember_the_index_settings(
-    runner: CliRunner, docs: Path, monkeypatch: pytest.MonkeyPatch
+    runner: CliRunner, docs: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from fakeapi import FakeBatchAPI
 
     monkeypatch.setenv("OPENAI_API_KEY", "test-key")
     with FakeBatchAPI(default_dims=16) as api:
         api.auto_advance = False
-        flags = ["--provider", "openai", "--base-url", api.base_url, "--dimensions", "16"]
+        # The base URL comes from the config file every run reads (a remembered one
+        # would have to be confirmed); provider and dimensions are remembered.
+        (tmp_path / "corpusbatch.toml").write_text(f'base_url = "{api.base_url}"\n')
+        flags = ["--provider", "openai", "--dimensions", "16"]
         first = runner.invoke(main, ["index", str(docs), *flags, "--no-wait", "--json"])
         assert first.exit_code == 0, first.output
         assert json.loads(first.stdout)["pending_files"] == 1
@@ -126,3 +129,156 @@ def test_collect_status_and_search_remember_the_index_settings(
         assert hits.exit_code == 0, hits.output
         assert len(json.loads(hits.stdout)) == 1
     assert "test-key" not in (Path(".corpusbatch") / "store.db").read_bytes().decode("latin-1")
+
+
+# -- remembered settings do not direct keys ---------------------------------------------
+def _index_locally(runner: CliRunner, docs: Path) -> None:
+    done = runner.invoke(main, ["index", str(docs), "--json"])
+    assert done.exit_code == 0, done.output
+
+
+def _tamper_remembered(**changes: object) -> None:
+    import sqlite3
+
+    with sqlite3.connect(Path(".corpusbatch") / "store.db") as db:
+        (raw,) = db.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()
+        memory = json.loads(raw)
+        memory.update(changes)
+        db.execute("UPDATE meta SET value = ? WHERE key = 'settings'", (json.dumps(memory),))
+
+
+def test_collect_refuses_a_remembered_base_url_it_was_not_given(
+    runner: CliRunner, docs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fakeapi import FakeBatchAPI
+
+    _index_locally(runner, docs)
+    monkeypatch.setenv("SOME_VAR", "secret-value-123")
+    with FakeBatchAPI(default_dims=64) as api:
+        _tamper_remembered(provider="openai", base_url=api.base_url, api_key_env="SOME_VAR")
+        refused = runner.invoke(main, ["collect", "--json"])
+        assert refused.exit_code == 2, refused.output
+        assert f"remembers base URL {api.base_url} for provider 'openai'" in refused.output
+        assert f"--base-url {api.base_url}" in refused.output
+        assert "secret-value-123" not in refused.output
+        for command in (["status"], ["cancel"], ["verify"], ["search", "aeropress"]):
+            other = runner.invoke(main, command)
+            assert other.exit_code == 2, (command, other.output)
+            assert "--base-url" in other.output and "secret-value-123" not in other.output
+        assert sum(api.requests.values()) == 0  # nothing was sent, with or without a key
+
+
+def test_collect_works_once_the_run_names_the_remembered_url_and_key_variable(
+    runner: CliRunner, docs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fakeapi import FakeBatchAPI
+
+    monkeypatch.setenv("SOME_VAR", "secret-value-123")
+    with FakeBatchAPI(default_dims=64) as api:
+        api.auto_advance = False
+        api.valid_keys = {"secret-value-123"}
+        flags = ["--provider", "openai", "--base-url", api.base_url, "--api-key-env", "SOME_VAR"]
+        first = runner.invoke(main, ["index", str(docs), *flags, "--dimensions", "64", "--no-wait"])
+        assert first.exit_code == 0, first.output
+        api.advance_all()
+        sent = sum(api.requests.values())
+
+        bare = runner.invoke(main, ["collect"])
+        assert bare.exit_code == 2 and f"--base-url {api.base_url}" in bare.output
+        # --base-url confirms the URL, but the remembered key variable still is not read.
+        url_only = runner.invoke(main, ["collect", "--base-url", api.base_url])
+        assert url_only.exit_code == 2, url_only.output
+        assert "--api-key-env SOME_VAR" in url_only.output
+        assert sum(api.requests.values()) == sent  # the refused runs sent nothing
+
+        confirmed = runner.invoke(main, ["collect", "--json", *flags[2:]])
+        assert confirmed.exit_code == 0, confirmed.output
+        assert json.loads(confirmed.stdout)["published"]
+        assert sum(api.requests.values()) > sent
+
+
+def test_remembered_builtin_provider_uses_only_builtin_key_and_url(
+    runner: CliRunner, docs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _index_locally(runner, docs)
+    # A remembered provider alone picks its built-in key variable (the code's string).
+    _tamper_remembered(provider="openai", base_url=None, api_key_env="OPENAI_API_KEY")
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    from corpusbatch.cli import _api_key, _settings
+
+    settings = _settings()
+    assert settings.provider == "openai" and settings.base_url is None
+    assert settings.profile().api_key_env == "OPENAI_API_KEY" and _api_key(settings) == "k"
+    # A remembered local provider reads no key, whatever else is remembered.
+    _tamper_remembered(provider="local", base_url="http://127.0.0.1:9/v1", api_key_env="X_KEY")
+    monkeypatch.setenv("X_KEY", "leak")
+    settings = _settings()
+    assert settings.base_url is None and _api_key(settings) is None
+    assert runner.invoke(main, ["status"]).exit_code == 0
+
+
+def test_remembered_credentials_in_a_url_are_not_echoed(runner: CliRunner, docs: Path) -> None:
+    _index_locally(runner, docs)
+    _tamper_remembered(provider="evil", base_url="https://user:hunter2@evil.example/v1?k=s3cr3t")
+    result = runner.invoke(main, ["status"])
+    assert result.exit_code == 2, result.output
+    assert "evil.example/v1" in result.output
+    assert "hunter2" not in result.output and "s3cr3t" not in result.output
+
+
+def test_remembered_key_in_api_key_env_is_neither_read_nor_shown(
+    runner: CliRunner, docs: Path
+) -> None:
+    _index_locally(runner, docs)
+    key = "sk-proj-AbCdEf0123456789xyz"  # an older run stored a pasted key
+    _tamper_remembered(provider="openai", api_key_env=key)
+    result = runner.invoke(main, ["collect"])
+    assert result.exit_code == 2, result.output
+    assert "not a variable name" in result.output and key not in result.output
+
+
+def test_search_does_not_send_the_tables_key_to_another_providers_url(
+    runner: CliRunner, docs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fakeapi import FakeBatchAPI
+
+    monkeypatch.setenv("OPENAI_API_KEY", "openai-key")
+    with FakeBatchAPI(default_dims=16) as api:
+        flags = ["--provider", "openai", "--base-url", api.base_url, "--dimensions", "16"]
+        assert runner.invoke(main, ["index", str(docs), *flags]).exit_code == 0
+        before = sum(api.requests.values())
+        # The index now remembers deepinfra (built-in, so trusted); the table says openai.
+        _tamper_remembered(provider="deepinfra", base_url=None)
+        result = runner.invoke(main, ["search", "aeropress"])
+        assert result.exit_code == 2, result.output
+        assert "built with provider 'openai'" in result.output
+        assert "--provider openai" in result.output and "openai-key" not in result.output
+        assert sum(api.requests.values()) == before
+
+
+# -- --api-key-env takes a name ----------------------------------------------------------
+PASTED_KEY = "sk-test1234567890abcdefABCDEF"
+
+
+def _index_dir_bytes(root: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file())
+
+
+@pytest.mark.parametrize("how", ["flag", "toml"])
+def test_a_key_passed_as_api_key_env_is_refused_unstored_and_unechoed(
+    runner: CliRunner, docs: Path, tmp_path: Path, how: str
+) -> None:
+    _index_locally(runner, docs)  # an index exists: nothing may be written into it
+    args = ["-vv", "index", str(docs), "--provider", "openai"]
+    if how == "flag":
+        args += ["--api-key-env", PASTED_KEY]
+    else:
+        (tmp_path / "corpusbatch.toml").write_text(f'api_key_env = "{PASTED_KEY}"\n')
+    result = runner.invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert "takes the NAME of an environment variable, not the key itself" in result.output
+    assert PASTED_KEY not in result.output and "1234567890" not in result.output
+    assert PASTED_KEY.encode() not in _index_dir_bytes(tmp_path / ".corpusbatch")
+    for command in (["collect"], ["status"], ["plan", str(docs)]):
+        again = runner.invoke(main, [*command, "--api-key-env", PASTED_KEY])
+        assert again.exit_code == 2 and PASTED_KEY not in again.output

@@ -89,3 +89,79 @@ def test_bad_settings_say_what_to_do(settings: Settings, match: str) -> None:
     with pytest.raises(ConfigError, match=match) as info:
         settings.effective_chunk_tokens()
     assert info.value.hint  # every message says what to do next
+
+
+# -- remembered settings never direct keys; api_key_env is a name ------------------------
+def test_remembered_base_url_or_key_variable_must_be_confirmed(tmp_path: Path) -> None:
+    memory = {"provider": "openai", "base_url": "http://10.0.0.9/v1", "api_key_env": "MY_KEY"}
+    with pytest.raises(ConfigError, match=r"remembers base URL http://10\.0\.0\.9/v1") as info:
+        settings_from({}, None, memory)
+    assert "--base-url http://10.0.0.9/v1" in str(info.value)
+    with pytest.raises(ConfigError, match="--api-key-env MY_KEY"):
+        settings_from({"base_url": "http://10.0.0.9/v1"}, None, memory)
+    s = settings_from({"base_url": "http://10.0.0.9/v1", "api_key_env": "MY_KEY"}, None, memory)
+    assert (s.profile().base_url, s.profile().api_key_env) == ("http://10.0.0.9/v1", "MY_KEY")
+    # The config file confirms as well as a flag does.
+    cfg = write(tmp_path, 'base_url = "http://10.0.0.9/v1"\napi_key_env = "MY_KEY"\n')
+    assert settings_from({}, cfg, memory).base_url == "http://10.0.0.9/v1"
+    # A remembered custom provider needs its URL confirmed too.
+    with pytest.raises(ConfigError, match="remembers base URL"):
+        settings_from({}, None, {"provider": "myco", "base_url": "http://10.0.0.9/v1"})
+
+
+def test_remembered_builtin_values_and_local_are_harmless() -> None:
+    builtin = {"provider": "deepinfra", "base_url": PROFILES["deepinfra"].base_url}
+    s = settings_from({}, None, {**builtin, "api_key_env": "DEEPINFRA_TOKEN"})
+    assert (s.base_url, s.api_key_env) == (None, None)  # the code's strings apply
+    assert s.profile().api_key_env == "DEEPINFRA_TOKEN"
+    local = settings_from({}, None, {"base_url": "http://x/v1", "api_key_env": "X"})
+    assert local.provider == "local" and (local.base_url, local.api_key_env) == (None, None)
+    # Switching provider by flag does not carry the old provider's remembered URL along.
+    with pytest.raises(ConfigError, match="for provider 'openai'"):
+        settings_from({"provider": "openai"}, None, {"base_url": "http://x/v1"})
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "sk-test1234567890abcdefABCDEF",
+        "sk_live_51HabcdefGHIJKL",
+        "ghp_abcdefghijklmnopqrstuvwxyz0123",
+        "AKIAIOSFODNN7EXAMPLE",
+        "abcDEF1234567890abcdXYZ",
+        "Ab3_kQ9zXw2_Lm8vT4pR7sYu1nBc5dEf",
+        "has space",
+        "with-dash",
+        "1LEADING_DIGIT",
+        "",
+        "A" * 129,
+    ],
+)
+def test_api_key_env_must_be_a_name_not_a_key(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match="takes the NAME of an environment variable") as info:
+        settings_from({"api_key_env": value}, None)
+    assert value not in str(info.value) or not value
+    cfg = write(tmp_path, f"api_key_env = {value!r}\n".replace("'", '"'))
+    with pytest.raises(ConfigError, match="takes the NAME of an environment variable") as info:
+        settings_from({}, cfg)
+    assert value not in str(info.value) or not value
+    with pytest.raises(ConfigError):
+        Settings(api_key_env=value)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "OPENAI_API_KEY",
+        "DEEPINFRA_TOKEN",
+        "HF_TOKEN",
+        "hf_token",
+        "MyKey",
+        "_X",
+        "A" * 128,
+        "AZURE_OPENAI_API_KEY_WESTEUROPE_2",
+        "OPENAI_API_KEY_FOR_PROJECT_NUMBER_42",
+    ],
+)
+def test_plausible_variable_names_pass(name: str) -> None:
+    assert settings_from({"api_key_env": name}, None).profile().api_key_env == name
