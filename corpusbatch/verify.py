@@ -3,8 +3,10 @@
 Finds rows that are missing, duplicated, orphaned, of the wrong dimension, non-finite
 or all-zero, rows whose text no longer matches their hash, sources that changed since
 the last scan, and batch files stuck or failed. ``repair`` deletes exactly the damaged
-rows and vectors, then runs :func:`corpusbatch.index`, which re-embeds only those
-vectors and republishes.
+rows (every copy of a duplicated one) and bad vectors, marks the store dirty whenever it
+dropped anything or found rows missing or orphaned, then runs :func:`corpusbatch.index`,
+which re-embeds only the dropped vectors and republishes: each expected row ends in the
+table exactly once. Without the corpus folder the next ``index`` run republishes.
 """
 
 from __future__ import annotations
@@ -108,7 +110,14 @@ def verify(
         finally:
             store.close()
     if repair and root is not None:
-        report.repaired = index(root, settings, api_key=api_key)
+        if root.is_dir():
+            report.repaired = index(root, settings, api_key=api_key)
+        else:
+            log.warning(
+                "repair: the corpus folder %s is gone; the damage was dropped and the next "
+                "`corpusbatch index` on the corpus republishes it",
+                root,
+            )
     return report
 
 
@@ -190,15 +199,34 @@ def _check_journal(paths: IndexPaths, report: VerifyReport) -> None:
 
 
 def _invalidate(settings: Settings, store: RunStore, report: VerifyReport) -> None:
-    """Delete damaged rows from the table and bad vectors from the store."""
+    """Delete damaged rows from the table and bad vectors from the store, and mark the
+    store dirty so that the next publish diffs the table again.
+
+    Every copy of a duplicated row is deleted; its vector is fine and stays stored, so
+    the publish puts exactly one copy back without embedding anything. Missing and
+    orphaned rows need no deletion here, only that publish: a clean store means "the
+    table already is the desired state" and would skip it.
+    """
     damaged = report.damaged_rows
     keys = set(report.bad_stored_vectors)
     # A duplicated row's vector is fine; the other kinds may hold a bad vector.
     for rid in damaged - set(report.duplicated):
         keys.update(k for (k,) in store.db.execute("SELECT key FROM desired WHERE id = ?", (rid,)))
+    republish = bool(damaged or keys or report.missing or report.orphaned)
+    # Dirty first: if the table delete below fails or the process dies after it, the
+    # next run still republishes what was dropped.
     with store.transaction() as db:
         for key in keys:
             db.execute("DELETE FROM vectors WHERE key = ?", (key,))
+        if republish:
+            store.mark_dirty()
     if damaged:
         open_table(settings).delete(sql_in("id", damaged))
-    log.info("repair: dropped %d damaged rows and %d stored vectors", len(damaged), len(keys))
+    log.info(
+        "repair: dropped %d damaged rows and %d stored vectors; %d missing and %d orphaned "
+        "rows are fixed by the republish",
+        len(damaged),
+        len(keys),
+        len(report.missing),
+        len(report.orphaned),
+    )
