@@ -14,18 +14,43 @@ Two steps, so that a table reader never sees a half-updated index:
 The run store also holds the *desired* rows of the current run (what the sources say
 the table should contain) and the permanent failures, so that a killed run resumes
 without re-reading anything it already recorded.
+
+Every input that does not come back with a usable vector is a :class:`FailedInput` of
+one of three kinds, which say who is at fault (:func:`classify_error` decides):
+
+``"input"``
+    The provider says the input itself is bad (a 400, 413 or 422 that is not about the
+    model, the ``dimensions`` parameter, the key or the quota; or a ``response: null``
+    line whose code names a bad input, such as ``context_length_exceeded``). Only these
+    are held against the input: recorded as failed for good and never sent again unless
+    the user asks (``--retry-failed``).
+``"stop"``
+    Configuration or account trouble: 401, 402, 403, 404, an exhausted quota or billing
+    limit, an invalid key, an unknown model, a 400 about the model or ``dimensions``, and
+    a vector of the wrong dimension (``--dimensions``/``--model`` disagree with the
+    provider; sending again would pay again for the same wrong answer). The run stops
+    with a clear message; the input is not blamed and the next run picks it up.
+``"retry"``
+    Provider trouble that may pass: rate limits, timeouts, 5xx, expiry, cancellation,
+    unknown codes, missing result lines, malformed output lines, non-finite vectors and
+    embeddings missing from a response. Sent again later; never held against the input.
+
+A malformed output line fails only that line's inputs (as ``"retry"``); nothing inside
+an output file makes :func:`load_output` raise, so one bad line cannot wedge the index.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import logging
+import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -35,11 +60,29 @@ from .types import Chunk, EmbeddingIdentity, content_hash, row_id, vector_key
 
 log = logging.getLogger(__name__)
 
-# A request that failed with one of these may succeed when sent again.
+FailureKind = Literal["input", "retry", "stop"]
+
+# A request that failed with one of these may succeed when sent again (any code or
+# status that says neither "bad input" nor "stop" is retried as well).
 RETRYABLE_CODES = frozenset(
     {"batch_expired", "batch_cancelled", "request_timeout", "rate_limit_exceeded", "server_error"}
 )
 RETRYABLE_STATUS = frozenset({0, 408, 409, 429, 500, 502, 503, 504})
+# The provider says the input itself is bad (unless the message is about the model).
+INPUT_STATUS = frozenset({400, 413, 422})
+INPUT_CODES = frozenset({"invalid_request_error", "invalid_input", "context_length_exceeded"})
+# Configuration or account trouble: stop the run, whatever the status.
+STOP_STATUS = frozenset({401, 402, 403, 404})
+STOP_CODES = frozenset(
+    {"insufficient_quota", "billing_hard_limit_reached", "invalid_api_key", "model_not_found"}
+)
+_ABOUT_CONFIG = re.compile(
+    r"\bdimensions\b"
+    r"|\bmodel\b[^.]*\b(?:does not exist|not found|not supported|unsupported|not available"
+    r"|do not have access|does not have access)"
+    r"|\b(?:unknown|unsupported|invalid)\s+model\b",
+    re.IGNORECASE,
+)
 
 _STORE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS desired (
@@ -91,7 +134,12 @@ class FailedInput:
     status_code: int | None
     code: str | None
     message: str
-    retryable: bool
+    kind: FailureKind
+
+    @property
+    def retryable(self) -> bool:
+        """Worth sending again later (``kind == "retry"``)."""
+        return self.kind == "retry"
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +162,10 @@ class LoadResult:
     failed: list[FailedInput] = field(default_factory=list)
     unknown_custom_ids: int = 0
 
+    def by_kind(self, kind: FailureKind) -> list[FailedInput]:
+        """The failed inputs of one kind, in the order they were found."""
+        return [f for f in self.failed if f.kind == kind]
+
 
 class RunStore:
     """SQLite store of desired rows, embedded vectors and permanent failures."""
@@ -128,7 +180,9 @@ class RunStore:
             str(path), timeout=30.0, isolation_level=None, check_same_thread=False
         )
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
+        # FULL, like the journal: a power loss must not leave a file `loaded` in the journal
+        # while its vectors were never synced here.
+        self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_STORE_SCHEMA)
 
     def close(self) -> None:
@@ -326,50 +380,98 @@ def desired_rows(chunks: Iterable[Chunk], identity: EmbeddingIdentity) -> Iterat
         )
 
 
-# -- reading output files ---------------------------------------------------------
-def _decode_embedding(value: Any) -> np.ndarray:
-    if isinstance(value, str):
-        return np.frombuffer(base64.b64decode(value), dtype="<f4")
-    return np.asarray(value, dtype=np.float32)
-
-
-def classify_error(status: int | None, error: Any) -> tuple[str | None, str, bool]:
-    """(code, message, retryable) of a failed output line; the one place that decides.
+# -- classifying failures -----------------------------------------------------------
+def classify_error(status: int | None, error: Any) -> tuple[str | None, str, FailureKind]:
+    """(code, message, kind) of a failed output line; the one place that decides.
 
     ``status`` is ``response.status_code`` (None for the ``response: null`` shape) and
-    ``error`` the ``response.body.error`` or top-level ``error`` object. Rate limits,
-    server errors, timeouts, expiry and cancellation may succeed when sent again; a 400
-    (bad input) will not.
+    ``error`` the ``response.body.error`` or top-level ``error`` object. See the module
+    docstring for what each kind means.
     """
-    error = error if isinstance(error, dict) else {"message": str(error)}
+    if error is None:
+        error = {}
+    elif not isinstance(error, dict):
+        error = {"message": str(error)}
     code = error.get("code") or error.get("type")
     code = str(code) if code is not None else None
     message = str(error.get("message") or "no message")
-    if status is not None:
-        retryable = status in RETRYABLE_STATUS or status >= 500
-    else:
-        retryable = code is None or code in RETRYABLE_CODES
-    return code, message, retryable
+    names = {str(error[n]) for n in ("code", "type") if error.get(n) is not None}
+    param = error.get("param")
+    about_config = param in ("model", "dimensions") or bool(_ABOUT_CONFIG.search(message))
+    return code, message, _kind(status, names, about_config)
+
+
+def _kind(status: Any, names: set[str], about_config: bool) -> FailureKind:
+    if not isinstance(status, int) or status == 0:
+        status = None
+    if names & STOP_CODES or status in STOP_STATUS:
+        return "stop"
+    bad_input = status in INPUT_STATUS if status is not None else bool(names & INPUT_CODES)
+    if not bad_input:
+        return "retry"
+    if about_config and "context_length_exceeded" not in names:
+        return "stop"
+    return "input"
 
 
 def _failure(
     keys: Sequence[str], custom_id: str, status: int | None, error: Any
 ) -> list[FailedInput]:
-    code, message, retryable = classify_error(status, error)
-    return [FailedInput(k, custom_id, status, code, message, retryable) for k in keys]
+    code, message, kind = classify_error(status, error)
+    return [FailedInput(k, custom_id, status, code, message, kind) for k in keys]
+
+
+# -- reading output files ---------------------------------------------------------
+class _BadLine(Exception):
+    """A problem inside one output line: fails that line's inputs, nothing else."""
+
+
+def _decode_embedding(value: Any) -> np.ndarray:
+    if isinstance(value, str):
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise _BadLine(f"bad base64 embedding: {exc}") from None
+        if len(raw) % 4:
+            raise _BadLine(f"base64 embedding of {len(raw)} bytes, not a multiple of 4")
+        vec = np.frombuffer(raw, dtype="<f4")
+    elif isinstance(value, list):
+        arr = np.asarray(value) if value else np.zeros(0, np.float32)
+        if arr.ndim != 1 or arr.dtype.kind not in "iuf":
+            raise _BadLine("embedding list holds something other than numbers")
+        vec = arr.astype(np.float32)
+    else:
+        raise _BadLine(f"embedding is a {type(value).__name__}, not a list or base64 string")
+    if vec.size == 0:
+        raise _BadLine("empty embedding")
+    return vec
+
+
+def _parse_line(raw: bytes) -> tuple[dict[str, Any] | None, str]:
+    """(object or None, problem or ""); an object with a problem still names its inputs."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        obj, _ = _parse_line(raw.decode("utf-8", "replace").encode())
+        return obj, f"invalid UTF-8: {exc}"
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        return None, f"invalid JSON: {exc}"
+    return (obj, "") if isinstance(obj, dict) else (None, "not a JSON object")
 
 
 def _iter_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
-    with path.open("r", encoding="utf-8") as fh:
+    with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                yield lineno, None, f"invalid JSON: {exc}"
-                continue
-            yield lineno, obj if isinstance(obj, dict) else None, "not a JSON object"
+            if raw.strip():
+                yield (lineno, *_parse_line(raw))
+
+
+def _tokens(body: dict[str, Any]) -> int:
+    usage = body.get("usage")
+    n = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    return n if isinstance(n, int) and n > 0 else 0
 
 
 class _LineReader:
@@ -387,63 +489,97 @@ class _LineReader:
     def vectors(self, path: Path) -> Iterator[tuple[str, bytes, str]]:
         for lineno, obj, problem in _iter_lines(path):
             self.result.lines += 1
+            cid = obj.get("custom_id") if obj is not None else None
+            keys = self.manifest.get(cid) if isinstance(cid, str) else None
             if obj is None:
                 log.warning("%s line %d skipped: %s", path, lineno, problem)
                 continue
-            cid = obj.get("custom_id")
-            keys = self.manifest.get(cid) if isinstance(cid, str) else None
             if keys is None or cid in self.seen:
                 self.result.unknown_custom_ids += 1
                 log.warning("%s line %d: unknown or repeated custom_id %r", path, lineno, cid)
                 continue
             assert isinstance(cid, str)
             self.seen.add(cid)
-            yield from self._line(obj, cid, keys, lineno)
+            yield from self._checked(obj, cid, keys, lineno, problem)
+
+    def _checked(
+        self, obj: dict[str, Any], cid: str, keys: list[str], lineno: int, problem: str
+    ) -> list[tuple[str, bytes, str]]:
+        try:
+            if problem:
+                raise _BadLine(problem)
+            return self._line(obj, cid, keys, lineno)
+        except _BadLine as exc:
+            log.warning("%s line %d (%s) malformed, will retry: %s", self.path, lineno, cid, exc)
+            self.result.failed += [
+                FailedInput(k, cid, None, "malformed_output", f"line {lineno}: {exc}", "retry")
+                for k in keys
+            ]
+            return []
 
     def _line(
         self, obj: dict[str, Any], cid: str, keys: list[str], lineno: int
-    ) -> Iterator[tuple[str, bytes, str]]:
+    ) -> list[tuple[str, bytes, str]]:
         response = obj.get("response")
         if not isinstance(response, dict):
             self.result.failed += _failure(keys, cid, None, obj.get("error"))
-            return
-        status = response.get("status_code")
-        body = response.get("body") if isinstance(response.get("body"), dict) else {}
-        assert isinstance(body, dict)
+            return []
+        status, body = response.get("status_code"), response.get("body")
+        if not isinstance(status, int):
+            raise _BadLine(f"status_code is {status!r}")
         if status != 200:
-            self.result.failed += _failure(keys, cid, status, body.get("error", body))
-            return
-        usage = body.get("usage") or {}
-        self.result.tokens += int(usage.get("prompt_tokens") or 0)
+            error = body.get("error", body) if isinstance(body, dict) else body
+            self.result.failed += _failure(keys, cid, status, error)
+            return []
+        if not isinstance(body, dict):
+            raise _BadLine("response body is not an object")
+        got = self._embeddings(body, len(keys))
+        self.result.tokens += _tokens(body)
+        return self._keep(got, cid, keys, lineno)
+
+    def _embeddings(self, body: dict[str, Any], n: int) -> dict[int, np.ndarray]:
+        data = body.get("data") or []
+        if not isinstance(data, list):
+            raise _BadLine("data is not a list")
         got: dict[int, np.ndarray] = {}
-        for item in body.get("data") or []:
+        for item in data:
+            if not isinstance(item, dict):
+                raise _BadLine("data item is not an object")
             index = item.get("index")
-            if isinstance(index, int) and 0 <= index < len(keys) and index not in got:
+            if type(index) is int and 0 <= index < n and index not in got:
                 got[index] = _decode_embedding(item.get("embedding"))
+        return got
+
+    def _keep(
+        self, got: dict[int, np.ndarray], cid: str, keys: list[str], lineno: int
+    ) -> list[tuple[str, bytes, str]]:
+        out: list[tuple[str, bytes, str]] = []
         for i, key in enumerate(keys):
             vec = got.get(i)
             problem = self._check(vec)
             if problem is None:
                 assert vec is not None
-                self.result.vectors += 1
-                yield key, vec.astype("<f4", copy=False).tobytes(), cid
-            else:
-                log.warning("%s line %d (%s) input %d: %s", self.path, lineno, cid, i, problem)
-                retry = not problem.startswith("dimension")
-                self.result.failed.append(
-                    FailedInput(key, cid, status, "bad_vector", problem, retry)
-                )
+                out.append((key, vec.astype("<f4", copy=False).tobytes(), cid))
+                continue
+            log.warning("%s line %d (%s) input %d: %s", self.path, lineno, cid, i, problem[1])
+            self.result.failed.append(
+                FailedInput(key, cid, 200, problem[0], problem[1], problem[2])
+            )
+        self.result.vectors += len(out)
+        return out
 
-    def _check(self, vec: np.ndarray | None) -> str | None:
+    def _check(self, vec: np.ndarray | None) -> tuple[str, str, FailureKind] | None:
         if vec is None:
-            return "missing from the response"
+            return "bad_vector", "missing from the response", "retry"
         if vec.shape != (self.dimensions,):
             return (
-                f"dimension {vec.shape[0] if vec.ndim == 1 else vec.shape} != expected "
-                f"{self.dimensions}; check --dimensions and --model"
+                "wrong_dimension",
+                f"dimension {vec.shape[0]} != expected {self.dimensions}; check --dimensions"
+                " and --model",
+                "stop",
             )
         if not np.isfinite(vec).all():
-            return "non-finite values"
+            return "bad_vector", "non-finite values", "retry"
         return None
 
 
@@ -458,7 +594,9 @@ def load_output(
     """Load one finished batch file's output and error files into ``store``.
 
     Every input of the manifest ends up either as a stored vector or in
-    ``result.failed`` (inputs that appear in neither file are failed as retryable).
+    ``result.failed`` (inputs that appear in neither file, or only on a line that could
+    not be read, are failed as ``"retry"``). Nothing inside the files makes this raise;
+    only a file missing from disk raises :class:`LoadError`.
     """
     result = LoadResult()
     reader = _LineReader(manifest, store.dimensions, result, output_path or Path("-"))
@@ -475,7 +613,7 @@ def load_output(
     for cid, keys in manifest.items():
         if cid not in reader.seen:
             result.failed += [
-                FailedInput(k, cid, None, "missing", "no result line for this request", True)
+                FailedInput(k, cid, None, "missing", "no result line for this request", "retry")
                 for k in keys
                 if k not in failed_keys
             ]

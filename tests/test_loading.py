@@ -11,9 +11,11 @@ import lancedb
 import numpy as np
 import pytest
 
+from corpusbatch.errors import LoadError
 from corpusbatch.loading import (
     RunStore,
     SourceState,
+    classify_error,
     desired_rows,
     load_output,
     publish,
@@ -211,3 +213,161 @@ def test_identity_change_rebuilds_the_table_in_one_commit(tmp_path: Path) -> Non
     assert {len(r["vector"]) for r in old_rows.to_arrow().to_pylist()} == {DIM}
     old.close()
     new.close()
+
+
+# -- failure classes ------------------------------------------------------------------
+def _err(code: str | None, message: str = "m", type_: str | None = None) -> dict[str, Any]:
+    return {"code": code, "message": message, "type": type_, "param": None}
+
+
+QUOTA = "You exceeded your current quota, please check your plan and billing details."
+MODEL_GONE = "The model `text-embedding-9` does not exist or you do not have access to it."
+NO_DIMS = "This model does not support specifying dimensions."
+TOO_LONG = "This model's maximum context length is 8192 tokens, however you requested 9000."
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "kind"),
+    [
+        # the provider says the input itself is bad
+        (400, _err(None, "too many tokens", "invalid_request_error"), "input"),
+        (400, _err(None, TOO_LONG, "invalid_request_error"), "input"),
+        (413, _err(None, "request too large"), "input"),
+        (422, _err("invalid_input", "empty string"), "input"),
+        (None, _err("invalid_request_error", "bad input"), "input"),
+        (None, _err("invalid_input", "bad input"), "input"),
+        (None, _err("context_length_exceeded", TOO_LONG), "input"),
+        # configuration or account trouble: stop the run, never the input's fault
+        (401, _err("invalid_api_key", "Incorrect API key"), "stop"),
+        (401, _err(None, "unauthorized"), "stop"),
+        (402, _err(None, "payment required"), "stop"),
+        (403, _err(None, "forbidden"), "stop"),
+        (404, _err(None, "not found"), "stop"),
+        (429, _err("insufficient_quota", QUOTA, "insufficient_quota"), "stop"),
+        (429, _err(None, QUOTA, "insufficient_quota"), "stop"),
+        (400, _err("billing_hard_limit_reached", "billing limit"), "stop"),
+        (400, _err("model_not_found", MODEL_GONE, "invalid_request_error"), "stop"),
+        (400, _err(None, MODEL_GONE, "invalid_request_error"), "stop"),
+        (400, _err(None, NO_DIMS, "invalid_request_error"), "stop"),
+        (None, _err("invalid_api_key", "Incorrect API key"), "stop"),
+        (None, _err("model_not_found", MODEL_GONE), "stop"),
+        # provider trouble: try again later
+        (429, _err("rate_limit_exceeded", "Rate limit reached"), "retry"),
+        (429, _err(None, "slow down"), "retry"),
+        (408, _err(None, "timeout"), "retry"),
+        (409, _err(None, "conflict"), "retry"),
+        (500, _err("server_error", "oops"), "retry"),
+        (502, {}, "retry"),
+        (503, "Service Unavailable", "retry"),
+        (504, None, "retry"),
+        (0, _err("request_timeout", "timed out"), "retry"),
+        (None, _err("batch_expired", "window expired"), "retry"),
+        (None, _err("batch_cancelled", "cancelled"), "retry"),
+        (None, _err("request_timeout", "timed out"), "retry"),
+        (None, _err("rate_limit_exceeded", "slow down"), "retry"),
+        (None, _err("server_error", "oops"), "retry"),
+        (None, _err("weird", "?"), "retry"),
+        (None, {}, "retry"),
+        (None, None, "retry"),
+    ],
+)
+def test_classify_error_says_who_is_at_fault(status: int | None, error: Any, kind: str) -> None:
+    code, message, got = classify_error(status, error)
+    assert got == kind
+    assert message  # always something to show
+    if isinstance(error, dict) and error.get("code"):
+        assert code == error["code"]
+
+
+def test_failed_input_kind_and_retryable_agree(store: RunStore, tmp_path: Path) -> None:
+    manifest = {"auth": ["a"], "bad": ["b"], "late": ["c"]}
+    err = write_jsonl(
+        tmp_path / "err.jsonl",
+        [
+            {
+                "custom_id": "auth",
+                "response": {"status_code": 401, "body": {"error": _err("invalid_api_key")}},
+            },
+            {
+                "custom_id": "bad",
+                "response": {"status_code": 400, "body": {"error": _err("invalid_input")}},
+            },
+            {"custom_id": "late", "response": None, "error": _err("batch_expired")},
+        ],
+    )
+    res = load_output(store, file_name="f", manifest=manifest, output_path=None, error_path=err)
+    assert {f.key: f.kind for f in res.failed} == {"a": "stop", "b": "input", "c": "retry"}
+    assert [f.key for f in res.failed if f.retryable] == ["c"]
+    assert [f.key for f in res.by_kind("stop")] == ["a"]
+    assert [f.key for f in res.by_kind("input")] == ["b"]
+
+
+def test_wrong_dimension_stops_the_run_instead_of_paying_again(
+    store: RunStore, tmp_path: Path
+) -> None:
+    out = write_jsonl(tmp_path / "out.jsonl", [ok_line("c", [np.ones(DIM + 1, np.float32)])])
+    res = load_output(store, file_name="f", manifest={"c": ["k"]}, output_path=out)
+    (failure,) = res.failed
+    assert failure.kind == "stop"
+    assert "--dimensions" in failure.message and "--model" in failure.message
+
+
+# -- malformed output never wedges the index --------------------------------------------
+def test_malformed_lines_fail_only_their_inputs(
+    store: RunStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    manifest = {f"c{i}": [f"k{i}"] for i in range(9)}
+    good = [json.dumps(ok_line(c, [vec(i)])).encode() for i, c in enumerate(manifest)]
+    bad_data = ok_line("c3", [vec(3)])
+    bad_data["response"]["body"]["data"] = ["not an object"]
+    bad_b64 = ok_line("c4", [vec(4)])
+    bad_b64["response"]["body"]["data"][0]["embedding"] = "abc"  # binascii.Error
+    odd_bytes = ok_line("c5", [vec(5)])
+    odd_bytes["response"]["body"]["data"][0]["embedding"] = base64.b64encode(b"12345").decode()
+    body_not_dict = {"custom_id": "c6", "response": {"status_code": 200, "body": "oops"}}
+    bad_items = ok_line("c7", [vec(7)])
+    bad_items["response"]["body"]["data"][0]["embedding"] = ["x"] * DIM
+    lines = [
+        good[0],
+        b'{"custom_id": "c1", "response": {"status_code": 200, "body": "\xff\xfe"}}',  # UTF-8
+        good[2][:40],  # truncated JSON: custom_id unreadable -> missing
+        json.dumps(bad_data).encode(),
+        json.dumps(bad_b64).encode(),
+        json.dumps(odd_bytes).encode(),
+        json.dumps(body_not_dict).encode(),
+        json.dumps(bad_items).encode(),
+        json.dumps(ok_line("stranger", [vec(0)])).encode(),  # unknown custom_id
+        good[8],
+    ]
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b"\n".join(lines) + b"\n")
+    with caplog.at_level("WARNING", logger="corpusbatch"):
+        res = load_output(store, file_name="f", manifest=manifest, output_path=out)
+    stored = {k for (k,) in store.db.execute("SELECT key FROM vectors")}
+    assert stored == {"k0", "k8"}
+    assert res.vectors == 2 and res.unknown_custom_ids == 1
+    by_key = {f.key: f for f in res.failed}
+    assert set(by_key) == {f"k{i}" for i in range(1, 8)}  # every input accounted for once
+    assert len(res.failed) == 7
+    assert all(f.kind == "retry" for f in res.failed)
+    assert by_key["k2"].code == "missing"
+    assert {by_key[f"k{i}"].code for i in (1, 3, 4, 5, 6, 7)} == {"malformed_output"}
+    for lineno in range(2, 9):
+        assert any(f"{out} line {lineno}" in r.getMessage() for r in caplog.records), lineno
+
+    again = load_output(store, file_name="f", manifest=manifest, output_path=out)
+    assert again.vectors == 2
+    assert sorted((f.key, f.code) for f in again.failed) == sorted(
+        (f.key, f.code) for f in res.failed
+    )
+    assert store.count("vectors") == 2
+
+
+def test_missing_output_file_still_raises(store: RunStore, tmp_path: Path) -> None:
+    with pytest.raises(LoadError):
+        load_output(store, file_name="f", manifest={"c": ["k"]}, output_path=tmp_path / "nope")
+
+
+def test_run_store_syncs_fully(store: RunStore) -> None:
+    # 2 = FULL: a power loss must not leave a file `loaded` in the journal without vectors
+    assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2
