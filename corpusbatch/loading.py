@@ -7,8 +7,11 @@ Two steps, so that a table reader never sees a half-updated index:
    values), and stores the good vectors in the run store (SQLite, ``store.db``) in one
    transaction per file. This happens as soon as a batch finishes, so paid work is on
    disk at once; loading the same file twice is harmless (vectors are keyed by content).
-2. :func:`publish` moves the table from its previous complete state to the new one in a
-   single ``merge_insert`` commit: new and changed rows upserted, stale rows deleted.
+2. :func:`publish` moves the table to the newest complete state *per source* in a single
+   ``merge_insert`` commit: a source is complete when each of its desired rows has a
+   stored vector or failed for good. Complete sources get exactly their desired rows
+   (new and changed rows upserted, stale rows deleted); sources still in flight keep
+   their last published rows untouched; rows of sources that are gone are deleted.
    Unchanged rows are not rewritten; a run that changes nothing writes nothing.
 
 The run store also holds the *desired* rows of the current run (what the sources say
@@ -43,11 +46,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
 import logging
 import re
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -290,6 +294,21 @@ class RunStore:
                 k for (k,) in self.db.execute(f"SELECT key FROM vectors WHERE key IN ({q})", part)
             )
         return [k for k in keys if k not in have]
+
+    def incomplete_sources(self) -> list[str]:
+        """Sources with a desired row that has neither a vector nor a permanent failure.
+
+        Such a source is still in flight: publishing keeps its last published rows.
+        """
+        return [
+            s
+            for (s,) in self.db.execute(
+                "SELECT DISTINCT d.source FROM desired d"
+                " LEFT JOIN vectors v ON v.key = d.key"
+                " LEFT JOIN failures f ON f.key = d.key"
+                " WHERE v.key IS NULL AND f.key IS NULL ORDER BY d.source"
+            )
+        ]
 
     def where_used(self, key: str) -> list[tuple[str, int, int]]:
         """(source, start_line, end_line) of every desired row with vector ``key``."""
@@ -683,19 +702,32 @@ def stage_ids(store: RunStore, ids: set[str]) -> None:
     store.db.executemany("INSERT INTO publish_ids (id) VALUES (?)", ((i,) for i in ids))
 
 
+def _stage_skipped(store: RunStore, sources: Collection[str]) -> None:
+    store.db.execute("CREATE TEMP TABLE IF NOT EXISTS publish_skip (source TEXT PRIMARY KEY)")
+    store.db.execute("DELETE FROM publish_skip")
+    store.db.executemany("INSERT INTO publish_skip (source) VALUES (?)", ((s,) for s in sources))
+
+
 def iter_row_batches(
     store: RunStore,
     schema: pa.Schema,
     model: str,
     *,
     staged_only: bool = False,
+    skip_sources: Collection[str] = (),
     batch_rows: int = 8192,
     on_rows: Callable[[int], None] | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """Desired rows that have a vector, as Arrow batches (only staged ids if asked)."""
+    """Desired rows that have a vector, as Arrow batches.
+
+    Only staged ids (:func:`stage_ids`) if asked; never rows of ``skip_sources``.
+    """
     sql = _ROW_SELECT
     if staged_only:
         sql += " JOIN publish_ids p ON p.id = d.id"
+    if skip_sources:
+        _stage_skipped(store, skip_sources)
+        sql += " WHERE d.source NOT IN (SELECT source FROM publish_skip)"
     cur = store.db.execute(sql + " ORDER BY d.source, d.start_line, d.id")
     while rows := cur.fetchmany(batch_rows):
         yield _arrow_batch(rows, schema, model)
@@ -710,31 +742,49 @@ class PublishResult:
     inserted: int = 0
     updated: int = 0
     deleted: int = 0
-    unchanged: int = 0
-    version: int | None = None
+    unchanged: int = 0  # rows of complete sources left as they were
+    version: int | None = None  # None: there is no table (nothing complete to publish)
+    incomplete_sources: list[str] = field(default_factory=list)  # kept as last published
+    deferred_rebuild: bool = False  # identity changed; rebuild waits for every source
+
+
+def _existing_rows(
+    current: pa.Table | None, skip: Collection[str]
+) -> dict[str, tuple[str, int, int]]:
+    existing: dict[str, tuple[str, int, int]] = {}
+    if current is None:
+        return existing
+    for rid, source, heading, start, end in zip(
+        current["id"].to_pylist(),
+        current["source"].to_pylist(),
+        current["heading"].to_pylist(),
+        current["start_line"].to_pylist(),
+        current["end_line"].to_pylist(),
+        strict=True,
+    ):
+        if source not in skip:
+            existing[rid] = (heading, start, end)
+    return existing
 
 
 def diff_against_table(
-    store: RunStore, current: pa.Table | None
+    store: RunStore, current: pa.Table | None, skip: Collection[str] = ()
 ) -> tuple[set[str], set[str], int, int]:
-    """(ids to upsert, ids to delete, n_new, n_unchanged) from desired rows with vectors."""
-    existing: dict[str, tuple[str, int, int]] = {}
-    if current is not None:
-        for rid, heading, start, end in zip(
-            current["id"].to_pylist(),
-            current["heading"].to_pylist(),
-            current["start_line"].to_pylist(),
-            current["end_line"].to_pylist(),
-            strict=True,
-        ):
-            existing[rid] = (heading, start, end)
+    """(ids to upsert, ids to delete, n_new, n_unchanged) from desired rows with vectors.
+
+    Rows of the sources in ``skip`` (still in flight) are left out on both sides: none
+    of them is upserted or deleted.
+    """
+    existing = _existing_rows(current, skip)
     upsert: set[str] = set()
     wanted: set[str] = set()
     new = unchanged = 0
-    for rid, heading, start, end in store.db.execute(
-        "SELECT d.id, d.heading, d.start_line, d.end_line FROM desired d"
+    for rid, source, heading, start, end in store.db.execute(
+        "SELECT d.id, d.source, d.heading, d.start_line, d.end_line FROM desired d"
         " JOIN vectors v ON v.key = d.key"
     ):
+        if source in skip:
+            continue
         wanted.add(rid)
         old = existing.get(rid)
         if old is None:
@@ -755,7 +805,7 @@ def sql_in(column: str, values: Iterable[str]) -> str:
 
 
 def _current_rows(table: Any) -> pa.Table:
-    cols = ["id", "heading", "start_line", "end_line"]
+    cols = ["id", "source", "heading", "start_line", "end_line"]
     return table.search().select(cols).limit(None).to_arrow()
 
 
@@ -767,23 +817,42 @@ def publish(
     model: str,
     on_rows: Callable[[int], None] | None = None,
 ) -> PublishResult:
-    """Make the table equal the desired rows that have vectors, in one commit.
+    """Bring every complete source's rows in the table up to date, in one commit.
 
-    New and changed rows are upserted and stale rows deleted by one ``merge_insert``;
-    nothing is written when nothing changed. If the table was built with another index
+    A source is complete when each of its desired rows has a vector or failed for good
+    (:meth:`RunStore.incomplete_sources`). Complete sources get exactly their desired
+    rows that have vectors (upserted; stale rows deleted) by one ``merge_insert``;
+    sources still in flight keep their last published rows untouched; rows of sources
+    no longer desired are deleted. Nothing is written when nothing changed, and no table
+    is created while no row can be published. If the table was built with another index
     identity (model, dimensions, prefix, chunker; kept in the schema metadata) it is
-    replaced whole by one overwrite commit, so vectors of two models never mix. Readers
-    see the old or the new table, never a mix.
+    replaced whole by one overwrite commit once every source is complete (until then it
+    is left as it is: vectors of two models never mix). Readers see the old or the new
+    table, never a mix.
     """
+    incomplete = store.incomplete_sources()
     table = db.open_table(table_name) if _table_exists(db, table_name) else None
-    if table is not None and _identity_of(table.schema) != _identity_of(schema):
-        log.warning("index identity changed: rebuilding table %r in one commit", table_name)
-        result = _create(db, table_name, store, schema, model, overwrite=True, on_rows=on_rows)
-        result.deleted = table.count_rows()
-        return result
     if table is None:
-        return _create(db, table_name, store, schema, model, overwrite=False, on_rows=on_rows)
-    upsert, delete, new, unchanged = diff_against_table(store, _current_rows(table))
+        result = _create(db, table_name, store, schema, model, skip=incomplete, on_rows=on_rows)
+    elif _identity_of(table.schema) != _identity_of(schema):
+        result = _rebuild(db, table, table_name, store, schema, model, incomplete, on_rows)
+    else:
+        result = _update(table, store, schema, model, incomplete, on_rows)
+    result.incomplete_sources = incomplete
+    if incomplete:
+        log.info("%d sources still in flight keep their published rows", len(incomplete))
+    return result
+
+
+def _update(
+    table: Any,
+    store: RunStore,
+    schema: pa.Schema,
+    model: str,
+    incomplete: list[str],
+    on_rows: Callable[[int], None] | None,
+) -> PublishResult:
+    upsert, delete, new, unchanged = diff_against_table(store, _current_rows(table), incomplete)
     result = PublishResult(
         inserted=new, updated=len(upsert) - new, deleted=len(delete), unchanged=unchanged
     )
@@ -792,10 +861,34 @@ def publish(
         batches = iter_row_batches(store, schema, model, staged_only=True, on_rows=on_rows)
         reader = pa.RecordBatchReader.from_batches(schema, batches)
         merge = table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
-        if delete:
+        if delete:  # names only ids of complete or gone sources
             merge = merge.when_not_matched_by_source_delete(sql_in("id", delete))
         merge.execute(reader)
     result.version = table.version
+    return result
+
+
+def _rebuild(
+    db: Any,
+    table: Any,
+    table_name: str,
+    store: RunStore,
+    schema: pa.Schema,
+    model: str,
+    incomplete: list[str],
+    on_rows: Callable[[int], None] | None,
+) -> PublishResult:
+    if incomplete:
+        log.warning(
+            "index identity changed: table %r is rebuilt once %d sources in flight finish",
+            table_name,
+            len(incomplete),
+        )
+        return PublishResult(version=table.version, deferred_rebuild=True)
+    log.warning("index identity changed: rebuilding table %r in one commit", table_name)
+    old_rows = table.count_rows()
+    result = _create(db, table_name, store, schema, model, overwrite=True, on_rows=on_rows)
+    result.deleted = old_rows
     return result
 
 
@@ -806,11 +899,18 @@ def _create(
     schema: pa.Schema,
     model: str,
     *,
-    overwrite: bool,
+    overwrite: bool = False,
+    skip: Collection[str] = (),
     on_rows: Callable[[int], None] | None = None,
 ) -> PublishResult:
-    batches = iter_row_batches(store, schema, model, on_rows=on_rows)
-    reader = pa.RecordBatchReader.from_batches(schema, batches)
+    """Write the table whole; a new table is created only if it gets at least one row."""
+    batches = iter_row_batches(store, schema, model, skip_sources=skip, on_rows=on_rows)
+    first = next(batches, None)
+    if first is None and not overwrite:
+        return PublishResult()
+    reader = pa.RecordBatchReader.from_batches(
+        schema, itertools.chain([] if first is None else [first], batches)
+    )
     table = db.create_table(
         name, data=reader, schema=schema, mode="overwrite" if overwrite else "create"
     )
