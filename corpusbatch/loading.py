@@ -775,6 +775,7 @@ def diff_against_table(
     Rows of the sources in ``skip`` (still in flight) are left out on both sides: none
     of them is upserted or deleted.
     """
+    skip = frozenset(skip)  # membership is tested once per row
     existing = _existing_rows(current, skip)
     upsert: set[str] = set()
     wanted: set[str] = set()
