@@ -296,8 +296,8 @@ _NOT_A_KEY_HINT = (
     "(if you pasted a real key somewhere, consider rotating it)"
 )
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-# Prefixes of common API keys and tokens (case-sensitive), with the shortest tail after
-# them that makes the value a key rather than a variable name like ``hf_token``.
+# Prefixes of common API keys and tokens (case-sensitive). A value is taken for a key when
+# at least 8 characters follow the prefix, so a variable name like ``hf_token`` passes.
 _KEY_PREFIXES = (
     "sk-",
     "sk_",
