@@ -114,7 +114,9 @@ def test_embed_is_normalised_float32_and_semantic(backend: LocalBackend) -> None
     assert backend.embed([]).shape == (0, 384)
     # Order of the result follows the input, whatever the internal length sort does.
     again = backend.embed([texts[2], texts[0]])
-    assert np.allclose(again, vecs[[2, 0]], atol=1e-5)
+    # Batches of another shape (padding) take other CPU kernel paths: elements move by up
+    # to ~2e-4 on some CPUs, while different texts differ by far more.
+    assert np.allclose(again, vecs[[2, 0]], atol=1e-3)
 
 
 @pytest.mark.slow
@@ -181,7 +183,7 @@ def test_run_file_writes_openai_output_lines(backend: LocalBackend, tmp_path: Pa
         for item, i in zip(resp["body"]["data"], idx, strict=True):
             vec = _vector(item)
             assert vec.shape == (384,)
-            assert np.allclose(vec, expected[i], atol=1e-4)
+            assert np.allclose(vec, expected[i], atol=1e-3)  # batch shape moves ~2e-4
     assert isinstance(lines[0]["response"]["body"]["data"][0]["embedding"], str)
     assert isinstance(lines[1]["response"]["body"]["data"][0]["embedding"], list)
     assert sum(seen) == stats["inputs"] == 5
@@ -249,7 +251,7 @@ def test_run_file_windows_keep_every_line_and_vector(
     out = _read_jsonl(tmp_path / "out.jsonl")
     assert [x["custom_id"] for x in out] == [f"cb-{j}" for j in range(10)]
     got = np.stack([_vector(d) for x in out for d in x["response"]["body"]["data"]])
-    assert np.allclose(got, backend.embed(texts), atol=1e-4)
+    assert np.allclose(got, backend.embed(texts), atol=1e-3)  # batch shape moves ~2e-4
     assert seen == [6] * 5  # windows close at >= 4 inputs: 2 lines of 3 each
 
 
