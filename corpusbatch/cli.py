@@ -1,8 +1,11 @@
 """Command-line interface: parse flags, call one library function, print.
 
 Exit codes: 0 success; 1 error; 2 bad usage or configuration; 3 ``--max-cost`` would be
-exceeded (nothing sent); 4 finished, but some inputs failed for good (see the report);
-75 another run holds the index lock (try again later).
+exceeded (nothing sent); 4 finished, but the provider rejected some inputs as invalid
+(see the report; ``--retry-failed`` sends them again); 5 finished, but some inputs are not
+embedded yet because of provider trouble (expiry, outages): nothing is lost and the next
+run sends them again; 6 the scan would delete all or most of the table, nothing changed
+(``--allow-mass-delete`` if meant); 75 another run holds the index lock (try again later).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from .config import PROFILES, Settings, settings_from
 from .errors import ConfigError, CorpusbatchError
 
 EXIT_PARTIAL = 4
+EXIT_DEFERRED = 5
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("corpusbatch")
 
@@ -266,11 +270,22 @@ def _print_report(report: dict[str, Any], as_json: bool) -> None:
             f"table: {report['new']} new, {report['changed']} changed, {report['unchanged']} "
             f"unchanged, {report['deleted']} deleted rows (version {report['table_version']})"
         )
-    elif report.get("pending_files"):
+    if report.get("pending_files"):
         lines.append(
             f"{report['pending_files']} batch files still in flight; run `corpusbatch collect` "
             "(or `corpusbatch index` again) later to load and publish them"
         )
+    if report.get("incomplete_sources"):
+        lines.append(
+            f"{len(report['incomplete_sources'])} sources keep their last published rows until "
+            "all their new chunks are embedded"
+        )
+    if report.get("deferred"):
+        lines.append(
+            f"{report['deferred']} inputs not embedded yet because of provider trouble; "
+            "nothing is lost, the next run sends them again"
+        )
+        lines.extend(f"  {reason}" for reason in report.get("deferred_reasons", [])[:10])
     for skip in report["skipped"]:
         lines.append(f"skipped {skip['path']}: {skip['reason']}")
     for fail in report["failed"]:
@@ -316,6 +331,12 @@ def main(ctx: click.Context, debug: bool, verbose: int) -> None:
 @click.option(
     "--full-scan", is_flag=True, help="Read every file even if its size and mtime are unchanged."
 )
+@click.option(
+    "--allow-mass-delete",
+    is_flag=True,
+    help="Publish even if the folder lost all, or more than half, of its files since the "
+    "last run (refused by default: an unmounted share must not empty the table).",
+)
 @click.option("--poll-interval", type=float, help="Seconds between Batch API polls (default 30).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run report as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors.")
@@ -328,6 +349,7 @@ def index_cmd(
     no_wait: bool,
     full_scan: bool,
     retry_failed: bool,
+    allow_mass_delete: bool,
     as_json: bool,
     quiet: bool,
     **flags: Any,
@@ -356,11 +378,19 @@ def index_cmd(
         wait=not no_wait,
         full_scan=full_scan,
         retry_failed=retry_failed,
+        allow_mass_delete=allow_mass_delete,
         progress=_progress(quiet or as_json),
     )
     _print_report(report.to_dict(), as_json)
+    _exit_for(report)
+
+
+def _exit_for(report: Any) -> None:
+    """Exit 4 when inputs were rejected for good, 5 when some wait for the next run."""
     if report.failed:
         sys.exit(EXIT_PARTIAL)
+    if report.deferred:
+        sys.exit(EXIT_DEFERRED)
 
 
 @main.command("plan")
@@ -408,8 +438,7 @@ def collect_cmd(
         settings, api_key=_api_key(settings), wait=not no_wait, progress=_progress(quiet or as_json)
     )
     _print_report(report.to_dict(), as_json)
-    if report.failed:
-        sys.exit(EXIT_PARTIAL)
+    _exit_for(report)
 
 
 @main.command("search")

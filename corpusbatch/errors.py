@@ -96,6 +96,21 @@ class LoadError(CorpusbatchError):
         self.custom_id = custom_id
 
 
+class StateError(CorpusbatchError):
+    """The index's own state is inconsistent: an illegal journal transition, or a row
+    naming a file outside the index directory. Nothing was written."""
+
+
+class MassDeleteRefused(CorpusbatchError):
+    """A scan would delete most (or all) of the table at once; nothing was changed.
+
+    Usually an unmounted share, a failed checkout or a wrong path. Pass
+    ``--allow-mass-delete`` when the deletion is meant.
+    """
+
+    exit_code = 6
+
+
 class IndexNotFound(CorpusbatchError):
     """There is no index (table) where one was expected."""
 

@@ -9,24 +9,36 @@ CLI's ``status`` and ``cancel``.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
 import logging
 import os
 import secrets
+import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
 from .chunking import Chunker, ChunkerConfig
 from .config import Settings, remembered
-from .errors import ChunkingError, ConfigError, CostLimitExceeded, IndexNotFound
+from .errors import (
+    BackendError,
+    ChunkingError,
+    ConfigError,
+    CostLimitExceeded,
+    IndexNotFound,
+    LoadError,
+    MassDeleteRefused,
+)
 from .journal import FileRecord, Journal
 from .loading import (
+    FailedInput,
     LoadResult,
     PublishResult,
     RunStore,
@@ -45,6 +57,11 @@ from .workspace import IndexPaths, connect, index_lock
 log = logging.getLogger(__name__)
 
 VECTOR_INDEX_MIN_ROWS = 50_000
+# A scan that finds no document where the last one found some, or that would delete more
+# than MASS_DELETE_SHARE of at least MASS_DELETE_MIN_SOURCES sources at once, is refused
+# (an unmounted share, a failed checkout, a wrong path) unless allow_mass_delete.
+MASS_DELETE_SHARE = 0.5
+MASS_DELETE_MIN_SOURCES = 10
 _SKIPPED = "skipped: "  # marks a remembered skipped file in the store's sha256 column
 
 
@@ -96,6 +113,14 @@ class RunReport:
     billed_tokens: int = 0
     retried_inputs: int = 0
     failed: list[dict[str, Any]] = field(default_factory=list)
+    # inputs of the current sources with no vector yet that nothing is running for
+    # (provider trouble: expiry, outages, a batch that failed whole); the next run sends
+    # them again, no flag needed
+    deferred: int = 0
+    deferred_reasons: list[str] = field(default_factory=list)
+    # sources whose new rows are not all embedded yet: the table keeps their last
+    # published rows until they are
+    incomplete_sources: list[str] = field(default_factory=list)
     pending_files: int = 0
     batch_ids: list[str] = field(default_factory=list)
     new: int = 0
@@ -122,7 +147,7 @@ class _Context:
     tokenizer: Tokenizer
     chunker: Chunker
     store: RunStore
-    journal: Journal  # scoped to this run's model: other models' files are left alone
+    journal: Journal  # scoped to this run's target: other providers' files are left alone
     base_journal: Journal
     report: RunReport
     progress: Progress
@@ -130,6 +155,18 @@ class _Context:
     @functools.cached_property
     def fingerprint(self) -> str:
         return f"{self.identity.fingerprint()}:{self.chunker.fingerprint()}"
+
+    @functools.cached_property
+    def target(self) -> str:
+        return run_target(self.settings)
+
+    @functools.cached_property
+    def identity_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self.identity), sort_keys=True)
+
+    def routed(self, route: str) -> Journal:
+        """The journal as the executor of ``route`` must see it."""
+        return self.base_journal.scoped(self.target, (route,))
 
     def table_meta(self) -> dict[str, Any]:
         return {
@@ -164,6 +201,14 @@ def resolve_identity(settings: Settings) -> EmbeddingIdentity:
     )
 
 
+def run_target(settings: Settings) -> str:
+    """Who runs this index's batch files: ``local``, or a provider at its base URL."""
+    profile = settings.profile()
+    if not profile.remote:
+        return "local"
+    return f"{profile.name}@{profile.base_url or 'default'}"
+
+
 def _open_context(root: Path, settings: Settings, progress: Progress) -> _Context:
     spec = settings.model_spec()
     identity = resolve_identity(settings)
@@ -174,7 +219,8 @@ def _open_context(root: Path, settings: Settings, progress: Progress) -> _Contex
     chunker = Chunker(
         tokenizer, ChunkerConfig(max_tokens=budget, overlap_tokens=settings.overlap_tokens)
     )
-    paths = IndexPaths(settings.index_dir)
+    # absolute, so the journal names the same files whatever the next run's working dir
+    paths = IndexPaths(settings.index_dir.resolve())
     report = RunReport(root=str(root), provider=settings.provider, model=identity.model)
     journal = Journal(paths.journal)
     return _Context(
@@ -185,7 +231,7 @@ def _open_context(root: Path, settings: Settings, progress: Progress) -> _Contex
         tokenizer=tokenizer,
         chunker=chunker,
         store=RunStore(paths.store, identity.dimensions),
-        journal=journal.scoped(identity.model),
+        journal=journal.scoped(run_target(settings)),
         base_journal=journal,
         report=report,
         progress=progress,
@@ -193,8 +239,19 @@ def _open_context(root: Path, settings: Settings, progress: Progress) -> _Contex
 
 
 # -- stage 1: scan sources into desired rows -----------------------------------------
-def _scan(ctx: _Context, *, full_scan: bool = False) -> None:
-    """Bring the desired rows up to date with the folder, re-chunking changed files only."""
+def _scan(
+    ctx: _Context,
+    *,
+    full_scan: bool = False,
+    allow_mass_delete: bool = False,
+    in_transaction: bool = False,
+) -> None:
+    """Bring the desired rows up to date with the folder, re-chunking changed files only.
+
+    The scan commits as one transaction, so a refused or killed scan changes nothing.
+    With ``in_transaction`` the caller holds (and ends) the transaction, as a dry run
+    does to throw the scan away afterwards.
+    """
     report, progress, store = ctx.report, ctx.progress, ctx.store
 
     def on_skip(rel: str, reason: str) -> None:
@@ -205,23 +262,63 @@ def _scan(ctx: _Context, *, full_scan: bool = False) -> None:
     seen: set[str] = set()
     progress.start("reading and chunking", total=len(files), unit="file")
     prefix = str(root) + os.sep
-    with store.transaction():
+    tx = contextlib.nullcontext() if in_transaction else store.transaction()
+    with tx:
+        before = _known_sources(store)
         for path in files:
             full = str(path)
             rel = full[len(prefix) :] if full.startswith(prefix) else path.as_posix()
             if _scan_one(ctx, path, rel, full_scan, on_skip):
                 seen.add(rel)
             progress.advance()
+        _guard_mass_delete(ctx, before, seen, allow_mass_delete or in_transaction)
         report.deleted_sources = store.drop_sources(seen)
         store.set_meta("root", str(root))
         store.set_meta("fingerprint", ctx.fingerprint)
+        report.documents = _document_count(store)
     progress.finish()
-    report.documents = int(
+    report.chunks = store.count("desired")
+
+
+def _document_count(store: RunStore) -> int:
+    return int(
         store.db.execute(
             "SELECT COUNT(*) FROM sources WHERE sha256 NOT LIKE ?", (_SKIPPED + "%",)
         ).fetchone()[0]
     )
-    report.chunks = store.count("desired")
+
+
+def _guard_mass_delete(ctx: _Context, before: set[str], seen: set[str], allowed: bool) -> None:
+    """Refuse a scan that would empty (or mostly empty) the table at once.
+
+    ``before`` are the sources the last scan knew, ``seen`` those this one found. Called
+    inside the scan's transaction: raising rolls the whole scan back, so the table and
+    the store stay exactly as the last run left them.
+    """
+    if allowed or not before:
+        return
+    documents = {
+        s
+        for (s,) in ctx.store.db.execute(
+            "SELECT source FROM sources WHERE sha256 NOT LIKE ?", (_SKIPPED + "%",)
+        )
+    }
+    had_documents = bool(documents & before)
+    lost_all = had_documents and not documents & seen
+    gone = len(before - seen)
+    lost_most = len(before) >= MASS_DELETE_MIN_SOURCES and gone > len(before) * MASS_DELETE_SHARE
+    if lost_all or lost_most:
+        what = "no documents" if lost_all else f"{gone} of {len(before)} sources gone"
+        raise MassDeleteRefused(
+            f"the scan of {ctx.root} found {what}; publishing that would delete "
+            f"{'every row' if lost_all else 'most rows'} of the table, so nothing was changed",
+            hint="check that the folder is mounted and complete; if the deletion is meant, "
+            "run again with --allow-mass-delete",
+        )
+
+
+def _known_sources(store: RunStore) -> set[str]:
+    return {s for (s,) in store.db.execute("SELECT source FROM sources")}
 
 
 def _scan_one(
@@ -230,14 +327,16 @@ def _scan_one(
     """Update one source's rows; returns whether the store should remember it.
 
     Skipped files (binary, empty, ...) are remembered too, with their reason, so that an
-    unchanged skipped file is reported again without being read again.
+    unchanged skipped file is reported again without being read again. A file that
+    cannot be read now (permissions, I/O error) keeps its last rows and is read again
+    next time: a passing error must not delete rows, nor be remembered as final.
     """
     store, fp = ctx.store, ctx.fingerprint
     try:
         st = path.stat()
     except OSError as exc:
         on_skip(rel, f"cannot stat ({exc.strerror})")
-        return False
+        return _keep_unreadable(store, rel, fp)
     prev = store.source_state(rel)
     if prev is not None and prev.fingerprint != fp:
         prev = None
@@ -248,13 +347,20 @@ def _scan_one(
             store.put_source(rel, SourceState(prev.sha256, st.st_size, st.st_mtime_ns, fp), None)
         return True
     reasons: list[str] = []
+    unreadable: list[str] = []
 
     def remember(skipped: str, reason: str) -> None:
         reasons.append(reason)
         on_skip(skipped, reason)
 
-    doc = read_document(ctx.root, path, on_skip=remember)
+    def cannot_read(skipped: str, reason: str) -> None:
+        unreadable.append(reason)
+        on_skip(skipped, reason)
+
+    doc = read_document(ctx.root, path, on_skip=remember, on_unreadable=cannot_read)
     ctx.report.documents_read += 1
+    if doc is None and unreadable:
+        return _keep_unreadable(store, rel, fp)
     if doc is None:
         reason = reasons[-1] if reasons else "skipped"
         store.put_source(rel, SourceState(_SKIPPED + reason, st.st_size, st.st_mtime_ns, fp), [])
@@ -272,6 +378,20 @@ def _scan_one(
         )
         return True
     store.put_source(rel, state, desired_rows(chunks, ctx.identity))
+    return True
+
+
+def _keep_unreadable(store: RunStore, rel: str, fp: str) -> bool:
+    """Keep the last rows of a source that cannot be read now; read it next run.
+
+    The remembered stat is cleared, so the next scan reads the file whatever its mtime
+    (``chmod`` does not change it). A source never read before, or read under other
+    settings, has nothing worth keeping.
+    """
+    prev = store.source_state(rel)
+    if prev is None or prev.fingerprint != fp:
+        return False
+    store.put_source(rel, SourceState(prev.sha256, -1, -1, fp), None)
     return True
 
 
@@ -324,8 +444,10 @@ def _journal_files(
     ctx: _Context,
     files: list[PlannedFile],
     plan_id: str,
+    *,
+    route: str,
     attempt: int = 0,
-    parent: str | None = None,
+    parent: FileRecord | None = None,
 ) -> None:
     for f in files:
         ctx.journal.add_file(
@@ -340,7 +462,10 @@ def _journal_files(
             n_tokens=f.n_tokens,
             n_bytes=f.n_bytes,
             attempt=attempt,
-            parent=parent,
+            parent=parent.name if parent else None,
+            identity=parent.identity if parent and parent.identity else ctx.identity_json,
+            target=ctx.target,
+            route=route,
         )
 
 
@@ -352,7 +477,7 @@ def _discard(files: list[PlannedFile]) -> None:
 
 def plan_missing(ctx: _Context, *, dry_run: bool = False) -> PlanSummary:
     """Plan batch files for every desired vector that is neither stored nor in flight."""
-    items = _embed_items(ctx, ctx.store.keys_to_embed(_pending_keys(ctx.journal)))
+    items = _embed_items(ctx, ctx.store.keys_to_embed(_pending_keys(ctx.base_journal)))
     # Unique per run (names of journal files must never repeat); sortable by time.
     plan_id = "p" + time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
     files = _plan(ctx, items, plan_id)
@@ -380,7 +505,7 @@ def plan_missing(ctx: _Context, *, dry_run: bool = False) -> PlanSummary:
                 hint="raise --max-cost or index fewer files",
             )
         return summary
-    _journal_files(ctx, files, plan_id)
+    _journal_files(ctx, files, plan_id, route=report.route)
     return summary
 
 
@@ -395,7 +520,14 @@ def _route(settings: Settings, summary: PlanSummary) -> str:
 
 # -- stage 3: run the batch files and load their results -------------------------------
 class _Loader:
-    """The executors' ``on_output``: load a finished file, queue retries, mark loaded."""
+    """The executors' ``on_output``: load a finished file, queue retries, mark loaded.
+
+    Each failed input is handled by who is at fault (see ``loading.classify_error``):
+    ``input`` failures are recorded for good; ``retry`` failures go into a new file while
+    attempts last, and are otherwise left for the next run (nothing recorded, so it sends
+    them again without a flag); ``stop`` failures (key, quota, model, dimensions) stop
+    the run once the file's good vectors are stored.
+    """
 
     def __init__(self, ctx: _Context, *, advance: bool) -> None:
         self.ctx = ctx
@@ -403,15 +535,12 @@ class _Loader:
 
     def __call__(self, record: FileRecord) -> None:
         ctx = self.ctx
-        manifest = read_manifest(Path(record.manifest_path))
-        result = load_output(
-            ctx.store,
-            file_name=record.name,
-            manifest=manifest,
-            output_path=Path(record.output_path) if record.output_path else None,
-            error_path=Path(record.error_path) if record.error_path else None,
-        )
-        self._handle_failures(record, result)
+        try:
+            result = self._load(record)
+        except LoadError as exc:
+            self._refetch(record, exc)
+            return
+        stop = self._handle_failures(record, result)
         ctx.report.embedded_vectors += result.vectors
         ctx.report.billed_tokens += result.tokens
         if record.batch_id:
@@ -419,33 +548,83 @@ class _Loader:
         ctx.journal.update(record.name, "loaded")
         if self.advance:
             ctx.progress.advance(record.n_inputs)
+        if stop:
+            first = stop[0]
+            raise BackendError(
+                f"{record.name}: the provider refused {len(stop)} inputs for a reason that is "
+                f"not about the inputs ({first.code or first.status_code}: {first.message})",
+                file_name=record.name,
+                hint="fix the key, quota, --model or --dimensions; the results already "
+                "returned are kept and the next run sends only the rest",
+            )
 
-    def _handle_failures(self, record: FileRecord, result: LoadResult) -> None:
+    def _load(self, record: FileRecord) -> LoadResult:
+        store = self.ctx.store
+        identity = record.identity_dict()
+        saved = store.dimensions
+        # vectors are checked against the identity the file was planned for
+        store.dimensions = int(identity["dimensions"]) if identity else saved
+        try:
+            return load_output(
+                store,
+                file_name=record.name,
+                manifest=read_manifest(Path(record.manifest_path)),
+                output_path=Path(record.output_path) if record.output_path else None,
+                error_path=Path(record.error_path) if record.error_path else None,
+            )
+        finally:
+            store.dimensions = saved
+
+    def _refetch(self, record: FileRecord, exc: LoadError) -> None:
+        """The output file vanished from disk before it was loaded: get it again."""
+        again = "finished" if record.batch_id and record.route == "batch" else "planned"
+        log.warning("%s: %s; fetching it again", record.name, exc.message)
+        self.ctx.journal.update(record.name, again)
+
+    def _handle_failures(self, record: FileRecord, result: LoadResult) -> list[FailedInput]:
         ctx = self.ctx
-        if not result.failed:
-            return
-        can_retry = record.attempt + 1 < ctx.settings.max_attempts
-        retry_keys = {f.key for f in result.failed if f.retryable and can_retry}
-        retry = sorted(retry_keys)
-        permanent = [f for f in result.failed if f.key not in retry_keys]
+        failed = result.failed
+        retry = sorted({f.key for f in failed if f.kind == "retry"})
+        bad_input = [f for f in failed if f.kind == "input"]
         if retry:
-            texts = ctx.store.texts_for(retry)
-            rows = ((k, *texts[k]) for k in retry if k in texts)
-            plan_id = f"{record.name.removesuffix('.jsonl')}-r{record.attempt + 1}"
-            files = _plan(ctx, _embed_items(ctx, rows), plan_id)
-            _journal_files(ctx, files, plan_id, attempt=record.attempt + 1, parent=record.name)
-            ctx.report.retried_inputs += len(retry)
-            log.warning("%s: %d inputs failed and were queued again", record.name, len(retry))
-        if permanent:
-            ctx.store.record_failures(permanent, record.name)
-            log.warning("%s: %d inputs failed for good", record.name, len(permanent))
+            self._retry(record, retry, failed)
+        if bad_input:
+            ctx.store.record_failures(bad_input, record.name)
+            log.warning("%s: %d inputs rejected as invalid", record.name, len(bad_input))
+        return [f for f in failed if f.kind == "stop"]
+
+    def _retry(self, record: FileRecord, keys: list[str], failed: list[FailedInput]) -> None:
+        ctx = self.ctx
+        reason = next(f for f in failed if f.kind == "retry")
+        if record.attempt + 1 >= ctx.settings.max_attempts:
+            ctx.report.deferred_reasons.append(
+                f"{record.name}: {len(keys)} inputs not embedded after {record.attempt + 1} "
+                f"attempts ({reason.code or 'error'}: {reason.message}); the next run sends "
+                "them again"
+            )
+            log.warning("%s", ctx.report.deferred_reasons[-1])
+            return
+        texts = ctx.store.texts_for(keys)  # only keys the current sources still use
+        rows = ((k, *texts[k]) for k in keys if k in texts)
+        plan_id = f"{record.name.removesuffix('.jsonl')}-r{record.attempt + 1}"
+        files = _plan(ctx, _embed_items(ctx, rows), plan_id)
+        _journal_files(
+            ctx,
+            files,
+            plan_id,
+            route=record.route or "batch",
+            attempt=record.attempt + 1,
+            parent=record,
+        )
+        ctx.report.retried_inputs += sum(f.n_inputs for f in files)
+        log.warning("%s: %d inputs failed and were queued again", record.name, len(keys))
 
 
 def _drive_local(ctx: _Context, wait: bool) -> None:
     from .local import LocalBackend
 
     LocalBackend().drive(
-        ctx.journal,
+        ctx.routed("local"),
         wait=wait,
         outputs_dir=ctx.paths.outputs,
         on_output=_Loader(ctx, advance=False),
@@ -456,7 +635,19 @@ def _drive_local(ctx: _Context, wait: bool) -> None:
 def _drive_remote(ctx: _Context, api_key: str | None, wait: bool) -> None:
     submitter = _submitter(ctx, api_key)
     submitter.drive(
-        ctx.journal, wait=wait, on_output=_Loader(ctx, advance=True), progress=ctx.progress.note
+        ctx.routed("batch"),
+        wait=wait,
+        on_output=_Loader(ctx, advance=True),
+        progress=ctx.progress.note,
+    )
+
+
+def _drive_realtime(ctx: _Context, api_key: str | None) -> None:
+    from .submitting.realtime import RealtimeRunner
+
+    runner = RealtimeRunner(_client(ctx, api_key), outputs_dir=ctx.paths.outputs)
+    runner.drive(
+        ctx.routed("realtime"), on_output=_Loader(ctx, advance=True), progress=ctx.progress.note
     )
 
 
@@ -485,20 +676,24 @@ def _submitter(ctx: _Context, api_key: str | None) -> Any:
 
 
 def _execute(ctx: _Context, api_key: str | None, wait: bool) -> None:
+    """Run every pending file of this run's target, each on the route it was priced for.
+
+    Files planned for the real-time API (small plans under ``--realtime-under``) go
+    through it; every other remote file through the Batch API, whatever this run's
+    route; the local model runs local files.
+    """
     pending = ctx.journal.pending()
     if not pending:
         return
     total = sum(r.n_inputs for r in pending)
     ctx.progress.start("embedding", total=total, unit="input")
-    if ctx.report.route == "realtime":
-        from .submitting.realtime import RealtimeRunner
-
-        runner = RealtimeRunner(_client(ctx, api_key), outputs_dir=ctx.paths.outputs)
-        runner.drive(ctx.journal, on_output=_Loader(ctx, advance=True), progress=ctx.progress.note)
-    if ctx.settings.profile().remote:
-        _drive_remote(ctx, api_key, wait)  # earlier runs' batches still in flight
-    else:
+    if not ctx.settings.profile().remote:
         _drive_local(ctx, wait)
+    else:
+        if any(r.route == "realtime" for r in pending):
+            _drive_realtime(ctx, api_key)
+        if ctx.routed("batch").pending():
+            _drive_remote(ctx, api_key, wait)
     ctx.progress.finish()
 
 
@@ -569,7 +764,6 @@ def _failures_report(ctx: _Context) -> list[dict[str, Any]]:
                     "file": file_name,
                 }
             )
-    out.extend(_failed_files_report(ctx))
     return out
 
 
@@ -611,45 +805,78 @@ def index(
     dry_run: bool = False,
     full_scan: bool = False,
     retry_failed: bool = False,
+    allow_mass_delete: bool = False,
     progress: Progress | None = None,
 ) -> RunReport:
     """Index ``root`` into ``settings.table``; safe to re-run at any time.
 
     Reads the folder (re-chunking only changed files), embeds every chunk whose vector is
     not stored yet (nothing twice), loads results as each batch file finishes, and then
-    publishes the table in one commit. With ``wait=False`` it submits and returns;
-    a later call collects and publishes. With ``dry_run`` it plans and prices only.
-    Inputs that failed for good in earlier runs are not sent again (and not paid for
-    again) unless ``retry_failed``. ``api_key`` is used only for remote providers and
-    never stored.
+    publishes every source whose vectors are all there in one commit. With
+    ``wait=False`` it submits and returns; sources still in flight keep their last
+    published rows and a later call collects and publishes them. With ``dry_run`` it
+    plans and prices only, and writes nothing a later run reads. Inputs that the provider
+    rejected as invalid in earlier runs are not sent again (nor paid for again) unless
+    ``retry_failed``. A scan that would delete all or most of the table is refused with
+    :class:`MassDeleteRefused` unless ``allow_mass_delete``. ``api_key`` is used only for
+    remote providers and never stored.
     """
     progress = progress or NullProgress()
-    t0 = time.monotonic()
     paths = IndexPaths(settings.index_dir)
+    if dry_run and not paths.store.exists():
+        # nothing to compare against: plan in a scratch directory, leave no index behind
+        with tempfile.TemporaryDirectory(prefix="corpusbatch-plan-") as scratch:
+            scratch_settings = replace(settings, index_dir=Path(scratch))
+            with index_lock(IndexPaths(Path(scratch))):
+                ctx = _open_context(root, scratch_settings, progress)
+                try:
+                    return _dry_run(ctx, full_scan, time.monotonic())
+                finally:
+                    ctx.store.close()
+                    ctx.base_journal.close()
+    t0 = time.monotonic()
     with index_lock(paths):
         ctx = _open_context(root, settings, progress)
         try:
-            if retry_failed and not dry_run:
+            if dry_run:
+                return _dry_run(ctx, full_scan, t0)
+            if retry_failed:
                 log.info("forgot %d inputs that had failed for good", ctx.store.clear_failures())
-            return _run(ctx, api_key, wait, dry_run, full_scan, t0)
+            return _run(ctx, api_key, wait, full_scan, allow_mass_delete, t0)
         finally:
             ctx.store.close()
             ctx.base_journal.close()
 
 
+def _dry_run(ctx: _Context, full_scan: bool, t0: float) -> RunReport:
+    """Scan and plan inside one transaction that is rolled back: nothing is kept."""
+    db = ctx.store.db
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        _scan(ctx, full_scan=full_scan, in_transaction=True)
+        plan_missing(ctx, dry_run=True)
+    finally:
+        db.execute("ROLLBACK")
+    ctx.report.pending_files = len(ctx.journal.pending())
+    ctx.report.durations["total"] = round(time.monotonic() - t0, 3)
+    return ctx.report
+
+
 def _run(
-    ctx: _Context, api_key: str | None, wait: bool, dry_run: bool, full_scan: bool, t0: float
+    ctx: _Context,
+    api_key: str | None,
+    wait: bool,
+    full_scan: bool,
+    allow_mass_delete: bool,
+    t0: float,
 ) -> RunReport:
     report = ctx.report
-    _scan(ctx, full_scan=full_scan)
+    _scan(ctx, full_scan=full_scan, allow_mass_delete=allow_mass_delete)
     t1 = time.monotonic()
     report.durations["scan"] = round(t1 - t0, 3)
-    plan_missing(ctx, dry_run=dry_run)
+    plan_missing(ctx)
     t2 = time.monotonic()
     report.durations["plan"] = round(t2 - t1, 3)
-    if dry_run:
-        report.pending_files = len(ctx.journal.pending())
-        return report
     with ctx.store.transaction():
         ctx.store.set_meta("settings", json.dumps(remembered(ctx.settings)))
     _execute(ctx, api_key, wait)
@@ -658,19 +885,16 @@ def _run(
 
 
 def _finish(ctx: _Context, t0: float) -> RunReport:
-    """Publish if nothing is in flight any more; fill in the report."""
+    """Publish every source whose vectors are all present; fill in the report.
+
+    Sources still in flight (``--no-wait``) or waiting for a later run (provider trouble)
+    keep their last published rows, so the table is always the newest complete state of
+    each source and never waits on the slowest batch.
+    """
     report = ctx.report
     t3 = time.monotonic()
     report.pending_files = len(ctx.journal.pending())
-    others = [r for r in ctx.base_journal.pending() if r.model != ctx.identity.model]
-    if others:
-        models = ", ".join(sorted({r.model for r in others}))
-        log.warning(
-            "%d batch files of another model (%s) are still pending and were left alone; "
-            "run `corpusbatch collect` with that provider and model, or `cancel` them",
-            len(others),
-            models,
-        )
+    _warn_other_targets(ctx)
     report.failed = _failures_report(ctx)
     if ctx.store.get_meta("fingerprint") not in (None, ctx.fingerprint):
         # e.g. `collect` for another model's batches: their vectors are stored now, but
@@ -678,21 +902,49 @@ def _finish(ctx: _Context, t0: float) -> RunReport:
         log.warning("the last scan used other settings; not publishing (run `index` to)")
         report.durations["total"] = round(time.monotonic() - t0, 3)
         return report
-    if report.pending_files == 0 and (ctx.store.is_dirty() or not _table_exists(ctx)):
+    report.deferred = _deferred_inputs(ctx)
+    if report.deferred:
+        report.deferred_reasons += [
+            f"{f['file']}: {f['source']}:{f['lines']}: {f['message']}"
+            for f in _failed_files_report(ctx)
+        ]
+    if ctx.store.is_dirty() or not _table_exists(ctx):
         result = _publish(ctx)
-        ctx.store.mark_clean()
+        report.incomplete_sources = result.incomplete_sources
+        if not result.incomplete_sources and not result.deferred_rebuild:
+            ctx.store.mark_clean()
         _remove_loaded_files(ctx)
-        report.published = True
+        report.published = result.version is not None and not result.deferred_rebuild
         report.new, report.changed = result.inserted, result.updated
         report.deleted, report.unchanged = result.deleted, result.unchanged
         report.table_version = result.version
-    elif report.pending_files == 0:  # the table already is the desired state
+    else:  # the table already is the desired state
         report.published = True
         report.unchanged = ctx.store.count("desired")
         report.table_version = connect(ctx.paths).open_table(ctx.settings.table).version
     report.durations["publish"] = round(time.monotonic() - t3, 3)
     report.durations["total"] = round(time.monotonic() - t0, 3)
     return report
+
+
+def _warn_other_targets(ctx: _Context) -> None:
+    others = [
+        r for r in ctx.base_journal.pending() if r.target is not None and r.target != ctx.target
+    ]
+    if others:
+        targets = ", ".join(sorted({r.target or "" for r in others}))
+        log.warning(
+            "%d batch files for another provider (%s) are still pending and were left "
+            "alone; run `corpusbatch collect` with that provider, or `cancel` them",
+            len(others),
+            targets,
+        )
+
+
+def _deferred_inputs(ctx: _Context) -> int:
+    """Inputs the sources need that have no vector, no recorded failure and no file
+    running for them: the next run sends them again."""
+    return sum(1 for _ in ctx.store.keys_to_embed(_pending_keys(ctx.base_journal)))
 
 
 def collect(

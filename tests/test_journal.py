@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from corpusbatch.journal import STATES, Journal
+from corpusbatch.errors import StateError
+from corpusbatch.journal import STATES, TRANSITIONS, Journal
 
 
 def _add(journal: Journal, name: str, tmp_path: Path, **kw: object) -> None:
@@ -59,15 +60,120 @@ def test_update_rejects_unknown_state_field_and_name(tmp_path: Path) -> None:
             j.update("nope.jsonl", "uploaded")
 
 
+# A legal way into each state, with the fields each step needs.
+_PATHS: dict[str, list[tuple[str, dict[str, object]]]] = {
+    "planned": [],
+    "uploading": [("uploading", {})],
+    "uploaded": [("uploading", {}), ("uploaded", {"input_file_id": "file-1"})],
+    "creating": [("uploading", {}), ("uploaded", {"input_file_id": "f"}), ("creating", {})],
+    "created": [
+        ("uploading", {}),
+        ("uploaded", {"input_file_id": "f"}),
+        ("creating", {}),
+        ("created", {"batch_id": "batch-1"}),
+    ],
+    "finished": [
+        ("uploading", {}),
+        ("uploaded", {"input_file_id": "f"}),
+        ("creating", {}),
+        ("created", {"batch_id": "batch-1"}),
+        ("finished", {"batch_status": "completed"}),
+    ],
+    "downloaded": [("downloaded", {})],
+    "loaded": [("downloaded", {}), ("loaded", {})],
+    "failed": [("failed", {"error": "broken"})],
+}
+
+
+def _walk(journal: Journal, name: str, state: str) -> None:
+    for step, fields in _PATHS[state]:
+        journal.update(name, step, **fields)
+
+
 def test_files_filters_and_pending(tmp_path: Path) -> None:
     with Journal(tmp_path / "state.db") as j:
         for i, state in enumerate(STATES):
             _add(j, f"f{i}.jsonl", tmp_path)
-            j.update(f"f{i}.jsonl", state)
+            _walk(j, f"f{i}.jsonl", state)
         pending = {f.state for f in j.pending()}
         assert pending == set(STATES) - {"loaded", "failed"}
         assert [f.state for f in j.files(states=("created",))] == ["created"]
         assert j.files(plan="other") == []
+
+
+def test_every_illegal_transition_raises_and_writes_nothing(tmp_path: Path) -> None:
+    """The state machine is the table: each pair it does not list is refused."""
+    with Journal(tmp_path / "state.db") as j:
+        n = 0
+        for source in STATES:
+            for dest in STATES:
+                if dest in TRANSITIONS[source]:
+                    continue
+                n += 1
+                name = f"x{n}.jsonl"
+                _add(j, name, tmp_path)
+                _walk(j, name, source)
+                before = (j.get(name), len(j.events(name)))
+                with pytest.raises(StateError, match="illegal journal transition"):
+                    j.update(name, dest, error="e", input_file_id="f", batch_id="b")
+                assert (j.get(name), len(j.events(name))) == before
+        assert n > 40  # most pairs are illegal: the machine is narrow
+
+
+def test_a_state_without_the_fields_it_needs_is_refused(tmp_path: Path) -> None:
+    with Journal(tmp_path / "state.db") as j:
+        _add(j, "a.jsonl", tmp_path)
+        j.update("a.jsonl", "uploading")
+        with pytest.raises(StateError, match="lacks input_file_id"):
+            j.update("a.jsonl", "uploaded")
+        with pytest.raises(StateError, match="lacks error"):
+            j.update("a.jsonl", "failed")
+        assert j.get("a.jsonl").state == "uploading"  # type: ignore[union-attr]
+
+
+def test_going_back_clears_what_belonged_to_the_old_batch(tmp_path: Path) -> None:
+    with Journal(tmp_path / "state.db") as j:
+        _add(j, "a.jsonl", tmp_path)
+        _walk(j, "a.jsonl", "created")
+        j.update("a.jsonl", missing_polls=2, missing_since=10.0)
+        j.update("a.jsonl", "uploaded", create_seq=1)
+        rec = j.get("a.jsonl")
+        assert rec is not None
+        assert (rec.batch_id, rec.missing_polls, rec.missing_since) == (None, 0, None)
+        assert rec.input_file_id == "f" and rec.create_seq == 1
+
+
+def test_paths_outside_the_index_directory_are_refused(tmp_path: Path) -> None:
+    index_dir = tmp_path / "idx"
+    with Journal(index_dir / "state.db") as j:
+        _add(j, "a.jsonl", index_dir)
+        _add(j, "b.jsonl", index_dir)
+        j.update("b.jsonl", "downloaded", output_path=str(index_dir / "outputs" / "b.out"))
+        assert j.get("b.jsonl") is not None
+        # someone edits state.db to point at another place
+        j._db.execute("UPDATE files SET path = '/etc/passwd' WHERE name = 'a.jsonl'")
+        with pytest.raises(StateError, match="outside the index directory"):
+            j.get("a.jsonl")
+        with pytest.raises(StateError):
+            j.files()
+        j._db.execute(
+            "UPDATE files SET path = ? WHERE name = 'a.jsonl'",
+            (str(index_dir / "batches" / ".." / ".." / "x.jsonl"),),
+        )
+        with pytest.raises(StateError):
+            j.get("a.jsonl")
+
+
+def test_scoped_views_list_only_their_target_and_route(tmp_path: Path) -> None:
+    with Journal(tmp_path / "state.db") as j:
+        _add(j, "a.jsonl", tmp_path, target="openai@default", route="batch")
+        _add(j, "b.jsonl", tmp_path, target="openai@default", route="realtime")
+        _add(j, "c.jsonl", tmp_path, target="local", route="local")
+        names = lambda view: [f.name for f in view.files()]  # noqa: E731
+        assert names(j.scoped("openai@default")) == ["a.jsonl", "b.jsonl"]
+        assert names(j.scoped("openai@default", ("realtime",))) == ["b.jsonl"]
+        assert names(j.scoped("local", ("local",))) == ["c.jsonl"]
+        assert names(j) == ["a.jsonl", "b.jsonl", "c.jsonl"]
 
 
 def test_meta_roundtrip(tmp_path: Path) -> None:
@@ -93,7 +199,8 @@ def test_old_journal_is_migrated(tmp_path: Path) -> None:
     con.execute(
         "INSERT INTO files (name, plan, path, manifest_path, sha256, model, n_lines, n_inputs,"
         " n_tokens, n_bytes, state, created_at, updated_at)"
-        " VALUES ('old.jsonl','p','x','y','s','m',1,1,1,1,'created',0,0)"
+        " VALUES ('old.jsonl','p',?,?,'s','m',1,1,1,1,'created',0,0)",
+        (str(tmp_path / "x.jsonl"), str(tmp_path / "y.jsonl")),
     )
     con.commit()
     con.close()
@@ -101,6 +208,8 @@ def test_old_journal_is_migrated(tmp_path: Path) -> None:
         rec = j.get("old.jsonl")
         assert rec is not None
         assert (rec.state, rec.create_seq, rec.remote_deleted) == ("created", 0, 0)
+        # files planned before routes were recorded stay with the Batch API
+        assert (rec.route, rec.target, rec.missing_polls) == ("batch", None, 0)
         j.update("old.jsonl", request_counts='{"total": 1}')
         assert j.get("old.jsonl").request_counts == '{"total": 1}'  # type: ignore[union-attr]
 
@@ -113,7 +222,8 @@ j = Journal(Path(sys.argv[1]))
 i = 0
 while True:
     name = f"f{i:06d}.jsonl"
-    j.add_file(name=name, plan="p", path=Path(name), manifest_path=Path(name), sha256="s",
+    p = Path(sys.argv[1]).parent / name
+    j.add_file(name=name, plan="p", path=p, manifest_path=p, sha256="s",
                model="m", n_lines=1, n_inputs=1, n_tokens=1, n_bytes=1)
     j.update(name, "uploading")
     j.update(name, "uploaded", input_file_id="file-" + name)

@@ -340,13 +340,20 @@ def _batch_left_by_a_dead_process(h: Harness, name: str) -> tuple[str, Any]:
     return fid, batch
 
 
+def _left_creating(h: Harness, name: str, fid: str) -> None:
+    """Walk the journal the way a run that died inside batches.create() left it."""
+    h.journal.update(name, "uploading")
+    h.journal.update(name, "uploaded", input_file_id=fid)
+    h.journal.update(name, "creating")
+
+
 def test_crash_in_creating_adopts_the_batch(tmp_path: Path, api: FakeBatchAPI) -> None:
     h = Harness(tmp_path, api)
     texts = _texts("z", 2)
     name = h.add([texts])
     # the previous process created the batch, then died before recording its id
     fid, batch = _batch_left_by_a_dead_process(h, name)
-    h.journal.update(name, "creating", input_file_id=fid)
+    _left_creating(h, name, fid)
     h.run()
     assert h.journal.get(name).batch_id == batch.id  # type: ignore[union-attr]
     assert len(api.batches) == 1
@@ -366,7 +373,7 @@ def test_reconcile_pages_through_the_batch_list(tmp_path: Path, api: FakeBatchAP
             completion_window="24h",
             metadata={"job": str(i)},
         )
-    h.journal.update(name, "creating", input_file_id=fid)
+    _left_creating(h, name, fid)
     h.run()
     assert h.journal.get(name).batch_id == ours.id  # type: ignore[union-attr]
     assert api.requests["POST /v1/batches"] == 131
@@ -586,7 +593,7 @@ def test_poll_errors_are_tolerated(tmp_path: Path, api: FakeBatchAPI) -> None:
 
 
 def test_vanished_batch_is_created_again(tmp_path: Path, api: FakeBatchAPI) -> None:
-    h = Harness(tmp_path, api)
+    h = Harness(tmp_path, api, missing_grace=0.0)
     texts = _texts("n", 2)
     name = h.add([texts])
     h.run(wait=False)
@@ -607,6 +614,77 @@ def test_a_passing_404_does_not_make_a_second_batch(tmp_path: Path, api: FakeBat
     h.run()
     assert h.journal.get(name).create_seq == 0  # type: ignore[union-attr]
     assert len(api.batches) == 1
+    h.assert_exactly_once(texts)
+
+
+def _nightly(h: Harness, n: int, **kwargs: Any) -> None:
+    """``n`` separate `--no-wait` runs: a new submitter each time, nothing kept in memory."""
+    for _ in range(n):
+        kwargs.setdefault("poll_interval", 0.002)
+        h.submitter = BatchSubmitter(
+            h.client, profile=h.profile, outputs_dir=h.dir / "outputs", **kwargs
+        )
+        h.run(wait=False)
+
+
+def test_a_batch_missing_across_no_wait_runs_is_never_paid_twice(
+    tmp_path: Path, api: FakeBatchAPI
+) -> None:
+    """404 for several runs in a row, then back: one batch, collected once.
+
+    The old executor counted 404s in memory per run, so a `--no-wait` cron job never
+    reached its threshold (the batch stayed "created" for ever); with one run that did,
+    it created and paid a second batch and never collected the first.
+    """
+    h = Harness(tmp_path, api)
+    texts = _texts("mb", 3)
+    name = h.add([texts])
+    api.vanish_batches = [5]  # answers 404 for the next five polls, then reappears
+    _nightly(h, 1)
+    assert h.states() == {"created": 1}
+    _nightly(h, 4, missing_grace=3600.0, vanished_after=2)
+    rec = h.journal.get(name)
+    assert rec is not None and rec.missing_polls == 4, "404s are counted in the journal"
+    _nightly(h, 6, missing_grace=3600.0, vanished_after=2)
+    assert len(api.batches) == 1, "the hidden batch was not created again"
+    assert h.states() == {"loaded": 1}
+    h.assert_exactly_once(texts)
+
+
+def test_a_missing_batch_listed_under_another_id_is_followed(
+    tmp_path: Path, api: FakeBatchAPI
+) -> None:
+    """A batch that answers 404 but whose twin (same metadata) is listed is adopted."""
+    h = Harness(tmp_path, api, missing_grace=0.0, vanished_after=1)
+    texts = _texts("tw", 2)
+    name = h.add([texts])
+    h.run(wait=False)
+    rec = h.journal.get(name)
+    assert rec is not None and rec.batch_id is not None
+    twin = api.batches.pop(rec.batch_id)
+    twin.id = "batch_twin"
+    api.batches[twin.id] = twin
+    h.run()
+    assert h.journal.get(name).batch_id == "batch_twin"  # type: ignore[union-attr]
+    assert len(api.batches) == 1
+    h.assert_exactly_once(texts)
+
+
+def test_a_batch_gone_for_good_is_created_again_after_the_grace(
+    tmp_path: Path, api: FakeBatchAPI
+) -> None:
+    h = Harness(tmp_path, api)
+    texts = _texts("gg", 2)
+    name = h.add([texts])
+    api.vanish_batches = [-1]
+    _nightly(h, 4, missing_grace=3600.0, vanished_after=2)
+    assert len(api.batches) == 1, "within the grace nothing is created again"
+    rec = h.journal.get(name)
+    assert rec is not None and rec.missing_since is not None
+    _nightly(h, 1, missing_grace=0.0, vanished_after=2)
+    h.run()
+    assert h.journal.get(name).create_seq == 1  # type: ignore[union-attr]
+    assert len(api.batches) == 2
     h.assert_exactly_once(texts)
 
 
@@ -687,9 +765,17 @@ def test_unwritable_outputs_stop_the_run_and_resume_later(
 
 def test_status_shows_files_waiting_to_load(tmp_path: Path, api: FakeBatchAPI) -> None:
     h = Harness(tmp_path, api)
-    done, waiting = h.add([_texts("s1", 1)]), h.add([_texts("s2", 1)])
+    done = h.add([_texts("s1", 1)])
     h.run()
-    h.journal.update(waiting, "finished")
+    waiting = h.add([_texts("s2", 1)])
+    for step, fields in (
+        ("uploading", {}),
+        ("uploaded", {"input_file_id": "file-x"}),
+        ("creating", {}),
+        ("created", {"batch_id": "batch-x"}),
+        ("finished", {"batch_status": "completed"}),
+    ):
+        h.journal.update(waiting, step, **fields)
     rows = {r.file: r for r in status(h.journal, h.client)}
     assert set(rows) == {waiting} and rows[waiting].waiting_to_load
     assert rows[waiting].batch_status == "completed" and rows[waiting].age_s >= 0
@@ -749,9 +835,10 @@ def test_on_output_must_settle_the_file(tmp_path: Path, api: FakeBatchAPI) -> No
             "batch_expired",
         ),
         (
+            # an unknown code is not held against the input: try again later
             {"custom_id": "a", "response": None, "error": {"code": "weird", "message": "?"}},
             False,
-            False,
+            True,
             "weird",
         ),
     ],

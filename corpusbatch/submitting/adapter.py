@@ -16,7 +16,7 @@ import openai
 
 from ..config import Profile
 from ..errors import BackendError
-from ..loading import classify_error
+from ..loading import FailureKind, classify_error
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,11 @@ class LineResult:
     status_code: int | None
     code: str | None
     message: str | None
-    retryable: bool
+    kind: FailureKind | None  # who is at fault, for a failed line (loading.classify_error)
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind == "retry"
 
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -121,12 +125,12 @@ class ProviderAdapter:
             status = response.get("status_code")
             body = response.get("body")
             if status == 200 and isinstance(body, Mapping):
-                return LineResult(cid, True, dict(body), 200, None, None, False)
+                return LineResult(cid, True, dict(body), 200, None, None, None)
             error = body.get("error") if isinstance(body, Mapping) else None
-            code, message, retryable = classify_error(status, error or {})
-            return LineResult(cid, False, None, status, code, message, retryable)
-        code, message, retryable = classify_error(None, obj.get("error") or {})
-        return LineResult(cid, False, None, None, code, message, retryable)
+            code, message, kind = classify_error(status, error or {})
+            return LineResult(cid, False, None, status, code, message, kind)
+        code, message, kind = classify_error(None, obj.get("error") or {})
+        return LineResult(cid, False, None, None, code, message, kind)
 
 
 def convert_lines(

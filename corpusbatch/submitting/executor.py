@@ -98,6 +98,7 @@ class BatchSubmitter:
         list_pages: int = 20,
         max_capacity_retries: int = 20,
         vanished_after: int = 3,
+        missing_grace: float = 3600.0,
         unreachable_after: float = 900.0,
     ) -> None:
         self.client = client
@@ -115,11 +116,16 @@ class BatchSubmitter:
         self.download_attempts = download_attempts
         self.list_pages = list_pages
         self.max_capacity_retries = max_capacity_retries
-        self.vanished_after = vanished_after  # consecutive 404s before a batch counts as lost
+        # A batch that answers 404 is looked up in the provider's batch list (by its
+        # metadata and by its input file) after ``vanished_after`` consecutive 404s; only
+        # when it is not there and has been missing for ``missing_grace`` seconds is it
+        # created again (which costs money if the first one was merely hidden). Both
+        # counts live in the journal, so they add up across `--no-wait` runs.
+        self.vanished_after = vanished_after
+        self.missing_grace = missing_grace
         # seconds without progress after which the provider is probed, and the run stops
         # if it does not answer (a cron job must not hang on a dead network)
         self.unreachable_after = unreachable_after
-        self._missing: dict[str, int] = {}
         self._hold_until = 0.0  # no new batches before this (provider queue full)
         self._capacity_failures = 0
         self._emit: Callable[[str], None] = lambda _msg: None
@@ -397,7 +403,8 @@ class BatchSubmitter:
             step.changed = True
             return True
         assert rec.input_file_id is not None, rec.name
-        journal.update(rec.name, "creating")
+        # the intent (again, after an unconfirmed create that the list did not show)
+        journal.update(rec.name, "creating" if rec.state != "creating" else None)
         kwargs = self.adapter.create_kwargs(
             input_file_id=rec.input_file_id,
             metadata=meta,
@@ -485,34 +492,84 @@ class BatchSubmitter:
         try:
             batch = self.client.batches.retrieve(rec.batch_id)
         except openai.NotFoundError:
-            # The provider lost the batch (it happens). Make sure it is gone for good before
-            # making a fresh one from the same file: a second batch costs money.
-            self._missing[rec.name] = self._missing.get(rec.name, 0) + 1
-            if self._missing[rec.name] < self.vanished_after:
-                return None
-            del self._missing[rec.name]
-            log.warning("%s: batch %s vanished; creating it again", rec.name, rec.batch_id)
-            journal.update(
-                rec.name,
-                "uploaded",
-                batch_id=None,
-                batch_status=None,
-                create_seq=rec.create_seq + 1,
-            )
-            step.changed = True
+            self._batch_missing(journal, rec, step)
             return None
         except openai.APIError as exc:
             self._raise_if_fatal(exc)
             log.info("%s: poll failed (%s); will retry", rec.name, exc)
             return None
-        self._missing.pop(rec.name, None)
         status = self.adapter.status(batch.status)
         counts = counts_json(batch)
-        if status != rec.batch_status or counts != rec.request_counts:
-            journal.update(rec.name, batch_status=status, request_counts=counts)
+        if status != rec.batch_status or counts != rec.request_counts or rec.missing_polls:
+            journal.update(
+                rec.name,
+                batch_status=status,
+                request_counts=counts,
+                missing_polls=0,
+                missing_since=None,
+            )
         if status != rec.batch_status and status not in (*TERMINAL_STATUSES, "failed"):
             self._emit(f"{rec.name}: batch {batch.id} {status} {_counts_text(batch)}".rstrip())
         return batch
+
+    def _batch_missing(self, journal: Journal, rec: FileRecord, step: _Round) -> None:
+        """The provider answered 404 for our batch (it happens, and passes).
+
+        Each 404 is counted in the journal. Once there have been ``vanished_after`` in a
+        row, the batch is looked up by metadata and input file (it may live on under
+        another id); only if it is nowhere and has been missing for ``missing_grace``
+        seconds is the file sent to be created again: a second batch costs money.
+        """
+        now = self._clock()
+        polls, since = rec.missing_polls + 1, rec.missing_since or now
+        journal.update(rec.name, missing_polls=polls, missing_since=since)
+        if polls < self.vanished_after:
+            return
+        found = self._find_batch(rec)
+        if found is _UNKNOWN:
+            return
+        if found is not None and found.id != rec.batch_id:
+            journal.update(
+                rec.name, batch_id=found.id, batch_status=None, missing_polls=0, missing_since=None
+            )
+            self._emit(f"{rec.name}: batch {rec.batch_id} answers 404; following {found.id}")
+            step.changed = True
+            return
+        if found is not None or now - since < self.missing_grace:
+            return  # listed although retrieve fails, or not missing for long: wait
+        log.warning(
+            "%s: batch %s missing for %.0f s and not in the provider's list; creating it again",
+            rec.name,
+            rec.batch_id,
+            now - since,
+        )
+        journal.update(rec.name, "uploaded", create_seq=rec.create_seq + 1)
+        step.changed = True
+
+    def _find_batch(self, rec: FileRecord) -> Any:
+        """Our batch for ``rec`` in the provider's list, by metadata or input file.
+
+        Returns the batch, None when it is not listed, or ``_UNKNOWN`` when the list
+        cannot be read now.
+        """
+        ours = _meta_key(self._metadata(rec))
+        try:
+            page = self.client.batches.list(limit=100)
+            for n, batch in enumerate(_pages(page)):
+                if n >= self.list_pages * 100 or (batch.created_at or 0) < rec.created_at - 60:
+                    break
+                same_input = bool(rec.input_file_id) and batch.input_file_id == rec.input_file_id
+                if (
+                    batch.id == rec.batch_id
+                    or _meta_key(batch.metadata or {}) == ours
+                    or (same_input and self.adapter.status(batch.status) != "failed")
+                ):
+                    return batch
+        except openai.APIError as exc:
+            self._raise_unless_transient(exc, "listing batches")
+            log.warning("cannot list batches to look for %s (%s)", rec.batch_id, exc)
+            return _UNKNOWN
+        return None
 
     def _batch_failed(self, journal: Journal, rec: FileRecord, batch: Any) -> None:
         if self.adapter.is_capacity_failure(batch) and rec.create_seq < self.max_capacity_retries:
@@ -678,6 +735,9 @@ class BatchSubmitter:
                 f"{doing} failed: {describe_error(exc)}",
                 hint=f"check that {self.client.base_url} serves an OpenAI-compatible Batch API",
             ) from exc
+
+
+_UNKNOWN: Any = object()  # "cannot tell now", as opposed to "not there"
 
 
 class _Incomplete(Exception):

@@ -24,6 +24,7 @@ from typing import Any
 
 import openai
 
+from ..errors import BackendError
 from ..journal import FileRecord, Journal
 from .adapter import describe_error
 
@@ -102,6 +103,7 @@ class RealtimeRunner:
             try:
                 resp = self.client.embeddings.create(**body)
             except openai.APIStatusError as exc:
+                _stop_if_not_about_the_input(exc)
                 if exc.status_code in (429, 500, 502, 503, 504) and attempt < self.attempts:
                     self.sleep(min(2.0**attempt, 30.0))
                     continue
@@ -123,6 +125,28 @@ class RealtimeRunner:
                 "error": None,
             }
         raise AssertionError("unreachable")  # the loop always returns
+
+
+_STOP_CODES = frozenset(
+    {"insufficient_quota", "billing_hard_limit_reached", "invalid_api_key", "model_not_found"}
+)
+
+
+def _stop_if_not_about_the_input(exc: openai.APIStatusError) -> None:
+    """Stop the run on answers about the key, the account or the model, not the input.
+
+    Writing them as error lines would hold them against the inputs; stopping keeps the
+    file ``planned`` with every answered line on disk, so the next run (with the key or
+    quota fixed) sends only the rest.
+    """
+    error = _error_body(exc)["error"]
+    code = str(error.get("code") or error.get("type") or "")
+    if exc.status_code in (401, 402, 403, 404) or code in _STOP_CODES:
+        raise BackendError(
+            f"the real-time embeddings API answered {exc.status_code}: {describe_error(exc)}",
+            hint="check the API key, the account's quota and --model; nothing is lost, run "
+            "again to resume",
+        ) from exc
 
 
 def _trim_partial_line(path: Path) -> None:
