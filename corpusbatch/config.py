@@ -197,6 +197,11 @@ class Settings:
     poll_interval: float = 30.0
     delete_remote_files: bool = True
     max_attempts: int = 3  # per chunk, across resubmissions
+    # Seconds a batch may answer 404 (and be absent from the provider's batch list)
+    # before its file is sent again as a new batch. Shorter: fresher results after a
+    # provider really lost a batch; longer: less risk of paying twice for a batch that
+    # was only hidden for a while. Counted across runs, so `--no-wait` cron jobs see it.
+    missing_batch_grace: float = 3600.0
 
     def __post_init__(self) -> None:
         if self.api_key_env is not None and not plausible_env_name(self.api_key_env):
@@ -380,6 +385,7 @@ REMEMBERED = (
     "limits",
     "prices",
     "max_attempts",
+    "missing_batch_grace",
     "poll_interval",
     "delete_remote_files",
 )

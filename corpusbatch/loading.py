@@ -609,8 +609,13 @@ def load_output(
     manifest: dict[str, list[str]],
     output_path: Path | None,
     error_path: Path | None = None,
+    dimensions: int | None = None,
 ) -> LoadResult:
     """Load one finished batch file's output and error files into ``store``.
+
+    ``dimensions`` is the vector length of the identity the file was planned for
+    (default: the store's); a file planned before a change of ``--dimensions`` is
+    still checked, and kept, under its own.
 
     Every input of the manifest ends up either as a stored vector or in
     ``result.failed`` (inputs that appear in neither file, or only on a line that could
@@ -618,7 +623,8 @@ def load_output(
     only a file missing from disk raises :class:`LoadError`.
     """
     result = LoadResult()
-    reader = _LineReader(manifest, store.dimensions, result, output_path or Path("-"))
+    dims = dimensions or store.dimensions
+    reader = _LineReader(manifest, dims, result, output_path or Path("-"))
     for path in (output_path, error_path):
         if path is None:
             continue

@@ -559,21 +559,16 @@ class _Loader:
             )
 
     def _load(self, record: FileRecord) -> LoadResult:
-        store = self.ctx.store
         identity = record.identity_dict()
-        saved = store.dimensions
-        # vectors are checked against the identity the file was planned for
-        store.dimensions = int(identity["dimensions"]) if identity else saved
-        try:
-            return load_output(
-                store,
-                file_name=record.name,
-                manifest=read_manifest(Path(record.manifest_path)),
-                output_path=Path(record.output_path) if record.output_path else None,
-                error_path=Path(record.error_path) if record.error_path else None,
-            )
-        finally:
-            store.dimensions = saved
+        return load_output(
+            self.ctx.store,
+            file_name=record.name,
+            manifest=read_manifest(Path(record.manifest_path)),
+            output_path=Path(record.output_path) if record.output_path else None,
+            error_path=Path(record.error_path) if record.error_path else None,
+            # checked against the identity the file was planned for, not this run's
+            dimensions=int(identity["dimensions"]) if identity else None,
+        )
 
     def _refetch(self, record: FileRecord, exc: LoadError) -> None:
         """The output file vanished from disk before it was loaded: get it again."""
@@ -672,6 +667,7 @@ def _submitter(ctx: _Context, api_key: str | None) -> Any:
         outputs_dir=ctx.paths.outputs,
         poll_interval=ctx.settings.poll_interval,
         delete_remote_files=ctx.settings.delete_remote_files,
+        missing_grace=ctx.settings.missing_batch_grace,
     )
 
 
