@@ -309,6 +309,16 @@ def main(ctx: click.Context, debug: bool, verbose: int) -> None:
       corpusbatch plan ./docs --provider openai
     """
     ctx.obj = {"debug": debug, "verbose": verbose}
+    _quiet_lance(verbose)
+
+
+def _quiet_lance(verbose: int) -> None:
+    """Keep LanceDB's Rust log lines (``WARN lance::index::vector ...``) off the terminal
+    and out of cron mail unless -vv. They bypass Python's logging, and LanceDB reads
+    LANCEDB_LOG only when it is first imported, which every command does after this."""
+    if "lancedb" in sys.modules:
+        log.debug("lancedb was imported before the CLI could set LANCEDB_LOG")
+    os.environ.setdefault("LANCEDB_LOG", "warn" if verbose > 1 else "error")
 
 
 @main.command("index")
