@@ -119,6 +119,10 @@ CREATE TABLE IF NOT EXISTS vectors (
     custom_id TEXT NOT NULL,
     file_name TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS vectors_file ON vectors(file_name);
+CREATE TABLE IF NOT EXISTS changed (
+    source TEXT PRIMARY KEY
+);
 CREATE TABLE IF NOT EXISTS failures (
     key TEXT PRIMARY KEY,
     file_name TEXT NOT NULL,
@@ -214,7 +218,7 @@ class RunStore:
         )
         if rows is None:
             return 0
-        self.mark_dirty()
+        self.mark_changed([source])
         self.db.execute("DELETE FROM desired WHERE source = ?", (source,))
         cur = self.db.executemany(
             "INSERT OR REPLACE INTO desired (id, key, source, heading, start_line, end_line,"
@@ -229,22 +233,58 @@ class RunStore:
         for source in gone:
             self.db.execute("DELETE FROM desired WHERE source = ?", (source,))
             self.db.execute("DELETE FROM sources WHERE source = ?", (source,))
-        if gone:
-            self.mark_dirty()
+        self.mark_changed(gone)
         return gone
 
-    # The store is "dirty" when its desired rows or vectors changed since the last
-    # successful publish; a clean store means the table already holds the desired state.
+    # What the next publish must look at. Normally the sources in `changed`: their
+    # rows were rescanned or dropped, or vectors or failures arrived for their keys, so
+    # a nightly publish reads and writes only those. "dirty" asks for a full check of
+    # every row against the table instead (after a repair, for stores older than
+    # `changed`, or when the table must be created or rebuilt).
+    def mark_changed(self, sources: Iterable[str]) -> None:
+        """Note sources whose table rows may differ from their desired rows (in a tx)."""
+        self.db.executemany(
+            "INSERT OR IGNORE INTO changed (source) VALUES (?)", ((s,) for s in sources)
+        )
+
+    def _mark_changed_keys(self, where: str, args: tuple[Any, ...]) -> None:
+        self.db.execute(
+            "INSERT OR IGNORE INTO changed (source) SELECT DISTINCT d.source FROM desired d"
+            f" WHERE d.key IN ({where})",
+            args,
+        )
+
+    def changed_sources(self) -> list[str]:
+        return [s for (s,) in self.db.execute("SELECT source FROM changed ORDER BY source")]
+
     def mark_dirty(self) -> None:
-        """Note that the table needs publishing; call inside a transaction."""
+        """Ask the next publish to check every row (call inside a transaction)."""
         self.set_meta("dirty", "1")
 
     def is_dirty(self) -> bool:
+        """Whether the next publish must check every row, not just changed sources."""
         return self.get_meta("dirty") != "0"
 
-    def mark_clean(self) -> None:
+    def needs_publish(self) -> bool:
+        """Whether a publish has anything to look at."""
+        pending = self.db.execute("SELECT 1 FROM changed LIMIT 1").fetchone()
+        return self.is_dirty() or pending is not None
+
+    def mark_published(self, published: Collection[str] | None, waiting: Iterable[str]) -> None:
+        """Forget what a publish brought up to date.
+
+        ``published`` are the sources it published (None: it checked every row);
+        ``waiting`` the incomplete sources it kept, which the next publish looks at again.
+        """
         with self.transaction():
-            self.set_meta("dirty", "0")
+            if published is None:
+                self.db.execute("DELETE FROM changed")
+                self.set_meta("dirty", "0")
+            else:
+                self.db.executemany(
+                    "DELETE FROM changed WHERE source = ?", ((s,) for s in published)
+                )
+            self.mark_changed(waiting)
 
     def get_meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -295,18 +335,21 @@ class RunStore:
             )
         return [k for k in keys if k not in have]
 
-    def incomplete_sources(self) -> list[str]:
+    def incomplete_sources(self, among_changed: bool = False) -> list[str]:
         """Sources with a desired row that has neither a vector nor a permanent failure.
 
-        Such a source is still in flight: publishing keeps its last published rows.
+        Such a source is still in flight: publishing keeps its last published rows. With
+        ``among_changed`` only sources marked changed are looked at (every incomplete
+        source is, unless a full check is due), so a nightly publish reads only those.
         """
+        scope = " AND d.source IN (SELECT source FROM changed)" if among_changed else ""
         return [
             s
             for (s,) in self.db.execute(
                 "SELECT DISTINCT d.source FROM desired d"
                 " LEFT JOIN vectors v ON v.key = d.key"
                 " LEFT JOIN failures f ON f.key = d.key"
-                " WHERE v.key IS NULL AND f.key IS NULL ORDER BY d.source"
+                f" WHERE v.key IS NULL AND f.key IS NULL{scope} ORDER BY d.source"
             )
         ]
 
@@ -321,18 +364,29 @@ class RunStore:
 
     # -- vectors ------------------------------------------------------------------
     def add_vectors(self, rows: Iterable[tuple[str, bytes, str, str]]) -> int:
-        """Insert (key, float32 bytes, custom_id, file_name); existing keys are kept."""
+        """Insert (key, float32 bytes, custom_id, file_name); existing keys are kept.
+
+        The sources that use the new vectors are marked changed, in the same commit.
+        """
+        files: set[str] = set()
+
+        def noting(rows: Iterable[tuple[str, bytes, str, str]]) -> Iterator[tuple[Any, ...]]:
+            for row in rows:
+                files.add(row[3])
+                yield row
+
         self.db.execute("BEGIN IMMEDIATE")
         try:
             before = self.db.total_changes
             self.db.executemany(
                 "INSERT OR IGNORE INTO vectors (key, vector, custom_id, file_name)"
                 " VALUES (?,?,?,?)",
-                rows,
+                noting(rows),
             )
             added = self.db.total_changes - before
             if added:
-                self.mark_dirty()
+                for name in files:
+                    self._mark_changed_keys("SELECT key FROM vectors WHERE file_name = ?", (name,))
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
@@ -340,12 +394,17 @@ class RunStore:
         return added
 
     def record_failures(self, failures: Iterable[FailedInput], file_name: str) -> None:
+        """Record inputs rejected for good; their sources are marked changed."""
+        rows = [(f.key, file_name, f.custom_id, f.code, f.message) for f in failures]
         with self.transaction():
             self.db.executemany(
                 "INSERT OR REPLACE INTO failures (key, file_name, custom_id, code, message)"
                 " VALUES (?,?,?,?,?)",
-                [(f.key, file_name, f.custom_id, f.code, f.message) for f in failures],
+                rows,
             )
+            for i in range(0, len(rows), 500):
+                part = tuple(r[0] for r in rows[i : i + 500])
+                self._mark_changed_keys(", ".join("?" * len(part)), part)
 
     def failures(self) -> list[tuple[str, str, str | None, str]]:
         """(key, file_name, code, message) of inputs that failed for good."""
@@ -354,6 +413,7 @@ class RunStore:
     def clear_failures(self) -> int:
         """Forget permanent failures so the next run tries those inputs again."""
         with self.transaction():
+            self._mark_changed_keys("SELECT key FROM failures", ())
             return self.db.execute("DELETE FROM failures").rowcount
 
     def count(self, table: str) -> int:
@@ -708,10 +768,11 @@ def stage_ids(store: RunStore, ids: set[str]) -> None:
     store.db.executemany("INSERT INTO publish_ids (id) VALUES (?)", ((i,) for i in ids))
 
 
-def _stage_skipped(store: RunStore, sources: Collection[str]) -> None:
-    store.db.execute("CREATE TEMP TABLE IF NOT EXISTS publish_skip (source TEXT PRIMARY KEY)")
-    store.db.execute("DELETE FROM publish_skip")
-    store.db.executemany("INSERT INTO publish_skip (source) VALUES (?)", ((s,) for s in sources))
+def _stage_sources(store: RunStore, name: str, sources: Collection[str]) -> None:
+    """Put ``sources`` in temp table ``name`` (one column ``source``) to join on."""
+    store.db.execute(f"CREATE TEMP TABLE IF NOT EXISTS {name} (source TEXT PRIMARY KEY)")
+    store.db.execute(f"DELETE FROM {name}")
+    store.db.executemany(f"INSERT INTO {name} (source) VALUES (?)", ((s,) for s in sources))
 
 
 def iter_row_batches(
@@ -732,7 +793,7 @@ def iter_row_batches(
     if staged_only:
         sql += " JOIN publish_ids p ON p.id = d.id"
     if skip_sources:
-        _stage_skipped(store, skip_sources)
+        _stage_sources(store, "publish_skip", skip_sources)
         sql += " WHERE d.source NOT IN (SELECT source FROM publish_skip)"
     cur = store.db.execute(sql + " ORDER BY d.source, d.start_line, d.id")
     while rows := cur.fetchmany(batch_rows):
@@ -752,6 +813,8 @@ class PublishResult:
     version: int | None = None  # None: there is no table (nothing complete to publish)
     incomplete_sources: list[str] = field(default_factory=list)  # kept as last published
     deferred_rebuild: bool = False  # identity changed; rebuild waits for every source
+    # sources brought up to date by an incremental publish; None: every row was checked
+    published_sources: list[str] | None = None
 
 
 def _existing_rows(
@@ -774,22 +837,30 @@ def _existing_rows(
 
 
 def diff_against_table(
-    store: RunStore, current: pa.Table | None, skip: Collection[str] = ()
+    store: RunStore,
+    current: pa.Table | None,
+    skip: Collection[str] = (),
+    only: Collection[str] | None = None,
 ) -> tuple[set[str], set[str], int, int]:
     """(ids to upsert, ids to delete, n_new, n_unchanged) from desired rows with vectors.
 
     Rows of the sources in ``skip`` (still in flight) are left out on both sides: none
-    of them is upserted or deleted.
+    of them is upserted or deleted. With ``only``, just the desired rows of those
+    sources are read (``current`` must then hold just their table rows).
     """
     skip = frozenset(skip)  # membership is tested once per row
     existing = _existing_rows(current, skip)
     upsert: set[str] = set()
     wanted: set[str] = set()
     new = unchanged = 0
-    for rid, source, heading, start, end in store.db.execute(
+    sql = (
         "SELECT d.id, d.source, d.heading, d.start_line, d.end_line FROM desired d"
         " JOIN vectors v ON v.key = d.key"
-    ):
+    )
+    if only is not None:
+        _stage_sources(store, "publish_only", only)
+        sql += " WHERE d.source IN (SELECT source FROM publish_only)"
+    for rid, source, heading, start, end in store.db.execute(sql):
         if source in skip:
             continue
         wanted.add(rid)
@@ -811,9 +882,19 @@ def sql_in(column: str, values: Iterable[str]) -> str:
     return f"{column} IN ({quoted})"
 
 
-def _current_rows(table: Any) -> pa.Table:
+def _current_rows(table: Any, sources: Collection[str] | None = None) -> pa.Table:
+    """id, source, heading and lines of the table's rows (only of ``sources`` if given)."""
     cols = ["id", "source", "heading", "start_line", "end_line"]
-    return table.search().select(cols).limit(None).to_arrow()
+    if sources is None:
+        return table.search().select(cols).limit(None).to_arrow()
+    parts = []
+    names = sorted(sources)
+    for i in range(0, len(names), 500):  # a scalar index on `source` makes each cheap
+        where = sql_in("source", names[i : i + 500])
+        parts.append(table.search().where(where).select(cols).limit(None).to_arrow())
+    if not parts:  # (limit(0) would mean "no limit" to LanceDB)
+        return pa.schema([table.schema.field(c) for c in cols]).empty_table()
+    return pa.concat_tables(parts)
 
 
 def publish(
@@ -837,14 +918,19 @@ def publish(
     is left as it is: vectors of two models never mix). Readers see the old or the new
     table, never a mix.
     """
-    incomplete = store.incomplete_sources()
     table = db.open_table(table_name) if _table_exists(db, table_name) else None
+    full = table is None or store.is_dirty() or _identity_of(table.schema) != _identity_of(schema)
+    incomplete = store.incomplete_sources(among_changed=not full)
     if table is None:
         result = _create(db, table_name, store, schema, model, skip=incomplete, on_rows=on_rows)
     elif _identity_of(table.schema) != _identity_of(schema):
         result = _rebuild(db, table, table_name, store, schema, model, incomplete, on_rows)
+    elif full:
+        result = _update(table, store, schema, model, incomplete, None, on_rows)
     else:
-        result = _update(table, store, schema, model, incomplete, on_rows)
+        changed = set(store.changed_sources()) - set(incomplete)
+        result = _update(table, store, schema, model, incomplete, changed, on_rows)
+        result.published_sources = sorted(changed)
     result.incomplete_sources = incomplete
     if incomplete:
         log.info("%d sources still in flight keep their published rows", len(incomplete))
@@ -857,9 +943,12 @@ def _update(
     schema: pa.Schema,
     model: str,
     incomplete: list[str],
+    only: Collection[str] | None,
     on_rows: Callable[[int], None] | None,
 ) -> PublishResult:
-    upsert, delete, new, unchanged = diff_against_table(store, _current_rows(table), incomplete)
+    """Upsert and delete what differs, for every source or only the ``only`` ones."""
+    current = _current_rows(table, only)
+    upsert, delete, new, unchanged = diff_against_table(store, current, incomplete, only)
     result = PublishResult(
         inserted=new, updated=len(upsert) - new, deleted=len(delete), unchanged=unchanged
     )

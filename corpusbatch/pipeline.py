@@ -46,6 +46,7 @@ from .loading import (
     desired_rows,
     load_output,
     publish,
+    table_is_current,
     table_schema,
 )
 from .planning import PlanSummary, plan_files, read_manifest, summarize, waves
@@ -736,11 +737,14 @@ def _table_exists(ctx: _Context) -> bool:
 
 def _maintain(table: Any) -> None:
     """Indexes and compaction after a change, so reads stay fast and versions few."""
-    from lancedb.index import FTS, IvfRq
+    from lancedb.index import FTS, BTree, IvfRq
 
     indexed = {tuple(i.columns) for i in table.list_indices()}
     if ("text",) not in indexed:
         table.create_index("text", config=FTS())
+    for column in ("id", "source"):  # nightly publishes look rows up by these
+        if (column,) not in indexed:
+            table.create_index(column, config=BTree())
     rows = table.count_rows()
     if ("vector",) not in indexed and rows >= VECTOR_INDEX_MIN_ROWS:
         table.create_index("vector", config=IvfRq(distance_type="cosine"))
@@ -904,11 +908,12 @@ def _finish(ctx: _Context, t0: float) -> RunReport:
             f"{f['file']}: {f['source']}:{f['lines']}: {f['message']}"
             for f in _failed_files_report(ctx)
         ]
-    if ctx.store.is_dirty() or not _table_exists(ctx):
+    # not current: no table yet, or one of an older layout (rebuilt from stored vectors)
+    if ctx.store.needs_publish() or not table_is_current(connect(ctx.paths), ctx.settings.table):
         result = _publish(ctx)
         report.incomplete_sources = result.incomplete_sources
-        if not result.incomplete_sources and not result.deferred_rebuild:
-            ctx.store.mark_clean()
+        if not result.deferred_rebuild:
+            ctx.store.mark_published(result.published_sources, result.incomplete_sources)
         _remove_loaded_files(ctx)
         report.published = result.version is not None and not result.deferred_rebuild
         report.new, report.changed = result.inserted, result.updated

@@ -48,13 +48,16 @@ def text_vec(text: str, dim: int = DIM) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
 
 
-def scan(store: RunStore, docs: Docs, ident: EmbeddingIdentity = IDENT) -> None:
-    """Record what a scan of ``docs`` found (no vectors); sources not in docs are gone."""
+def scan(
+    store: RunStore, docs: Docs, ident: EmbeddingIdentity = IDENT, keep: set[str] | None = None
+) -> None:
+    """Record what a scan of ``docs`` found (no vectors); sources not in docs (or, when
+    given, not in ``keep``) are gone."""
     with store.transaction():
         for source, parts in docs.items():
             chunks = [Chunk(source, t, 0, len(t), n, n, ("H",), 3) for t, n in parts]
             store.put_source(source, SourceState("x", 1, 1, "fp"), desired_rows(chunks, ident))
-        store.drop_sources(set(docs))
+        store.drop_sources(set(docs) if keep is None else keep)
 
 
 def embed(store: RunStore, texts: list[str], ident: EmbeddingIdentity = IDENT) -> None:
@@ -66,7 +69,8 @@ def embed(store: RunStore, texts: list[str], ident: EmbeddingIdentity = IDENT) -
     }
     assert set(keys) == set(texts)
     dim = ident.dimensions
-    store.add_vectors((k, text_vec(t, dim).tobytes(), "cid", "f") for t, k in keys.items())
+    name = "f-" + hashlib.sha256("\n".join(sorted(texts)).encode()).hexdigest()[:8]
+    store.add_vectors((k, text_vec(t, dim).tobytes(), "cid", name) for t, k in keys.items())
 
 
 def table_rows(db: Any) -> dict[str, list[tuple[str, str, int, tuple[float, ...]]]]:
@@ -196,3 +200,70 @@ def test_new_table_holds_only_complete_sources(tmp_path: Path, store: RunStore, 
     result = publish(db, "chunks", store, SCHEMA, "m")
     assert result.inserted == 1 and result.incomplete_sources == ["a.md"]
     assert {s: texts_of(r) for s, r in table_rows(db).items()} == {"b.md": [("b1", 1)]}
+
+
+def _publish(db: Any, store: RunStore) -> Any:
+    result = publish(db, "chunks", store, SCHEMA, "m")
+    if not result.deferred_rebuild:
+        store.mark_published(result.published_sources, result.incomplete_sources)
+    return result
+
+
+def test_a_nightly_publish_reads_only_the_changed_sources(db: Any, store: RunStore) -> None:
+    """After a full publish, the next one looks at the changed sources only, and still
+    leaves the table equal to a full check."""
+    docs = {f"s{i}.md": [(f"text {i} {j}", j + 1) for j in range(4)] for i in range(6)}
+    scan(store, docs)
+    embed(store, [t for parts in docs.values() for t, _ in parts])
+    first = _publish(db, store)
+    assert first.published_sources is None and first.inserted == 24  # full: new table
+    assert not store.needs_publish()
+
+    docs["s1.md"] = [("text 1 0", 1), ("a new line", 2)]  # edit one source
+    del docs["s4.md"]  # delete another
+    scan(store, {"s1.md": docs["s1.md"]}, keep=set(docs))  # a scan re-chunks only s1
+    assert sorted(store.changed_sources()) == ["s1.md", "s4.md"]
+    embed(store, ["a new line"])
+    night = _publish(db, store)
+    assert night.published_sources == ["s1.md", "s4.md"]
+    # only s1's untouched row counts as unchanged: the other 4 sources were not read
+    assert (night.inserted, night.deleted, night.unchanged) == (1, 7, 1)
+    assert not store.needs_publish()
+    rows = table_rows(db)
+    assert set(rows) == set(docs)
+    assert [t for _, t, _, _ in rows["s1.md"]] == ["a new line", "text 1 0"]
+
+    quiet = _publish(db, store)  # nothing changed: nothing read, nothing written
+    version = db.open_table("chunks").version
+    assert quiet.published_sources == [] and quiet.version == version
+
+
+def test_vectors_arriving_later_mark_their_sources(db: Any, store: RunStore) -> None:
+    docs = {"a.md": [("alpha", 1)], "b.md": [("beta", 1)], "c.md": [("alpha", 2)]}
+    scan(store, docs)
+    embed(store, ["beta"])
+    first = _publish(db, store)
+    assert first.incomplete_sources == ["a.md", "c.md"] and set(table_rows(db)) == {"b.md"}
+    assert sorted(store.changed_sources()) == ["a.md", "c.md"]  # they wait for vectors
+    embed(store, ["alpha"])  # one vector completes two sources
+    later = _publish(db, store)
+    assert later.published_sources == ["a.md", "c.md"] and later.incomplete_sources == []
+    assert set(table_rows(db)) == {"a.md", "b.md", "c.md"}
+    assert store.changed_sources() == []
+
+
+def test_a_full_check_still_repairs_what_an_incremental_publish_cannot_see(
+    db: Any, store: RunStore
+) -> None:
+    docs = {"a.md": [("alpha", 1)], "b.md": [("beta", 1)]}
+    scan(store, docs)
+    embed(store, ["alpha", "beta"])
+    _publish(db, store)
+    db.open_table("chunks").delete("source = 'b.md'")  # damage outside any change
+    assert _publish(db, store).published_sources == []  # not seen: nothing changed
+    assert set(table_rows(db)) == {"a.md"}
+    with store.transaction():
+        store.mark_dirty()  # what verify --repair does
+    full = _publish(db, store)
+    assert full.published_sources is None and full.inserted == 1
+    assert set(table_rows(db)) == {"a.md", "b.md"}
