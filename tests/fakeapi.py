@@ -235,6 +235,12 @@ class FakeBatchAPI:
         # next finishing batches (with at least one successful line) silently omit N of
         # their successful output lines (request_counts still claim them); billed, `lost`
         self.drop_lines_next: list[int] = []
+        # next successful /v1/embeddings answers are damaged: "bad_base64" (every
+        # embedding undecodable), "non_object_item" (every data item a string),
+        # "truncated_json" (the body cut in half), "drop_item" (the last data item left
+        # out), "dup_index" (every item says index 0). Billed; the inputs whose vectors
+        # are damaged or left out count in `lost`.
+        self.realtime_damage: list[str] = []
         # any input containing this substring makes its request fail with 400 invalid
         # input (an output line in batches, the whole HTTP request in real time)
         self.poison: str | None = None
@@ -405,7 +411,19 @@ class FakeBatchAPI:
             case "POST", ["batches", bid, "cancel"]:
                 _send_json(req, 200, self._cancel(bid))
             case "POST", ["embeddings"]:
-                _send_json(req, 200, self._realtime(_json(body)))
+                params = _json(body)
+                result = self._realtime(params)
+                with self._lock:
+                    damage = self.realtime_damage.pop(0) if self.realtime_damage else None
+                if damage is None:
+                    _send_json(req, 200, result)
+                else:
+                    lost = dict(params)
+                    if damage == "drop_item":  # only the left-out input lost its vector
+                        lost["input"] = _inputs(params)[-1:]
+                    with self._lock:
+                        self._count_lost({"body": lost})
+                    _send_raw(req, 200, _damaged_realtime(result, damage))
             case _:
                 raise _HTTPError(404, f"no route {method} /v1/{'/'.join(parts)}")
 
@@ -835,6 +853,28 @@ def _malformed(result: dict[str, Any], kind: str) -> bytes:
     raise ValueError(f"unknown malformed kind {kind!r}")
 
 
+def _damaged_realtime(result: dict[str, Any], kind: str) -> bytes:
+    """A real-time /v1/embeddings answer, damaged the way ``kind`` says."""
+    result = json.loads(json.dumps(result))
+    data = result["data"]
+    if kind == "bad_base64":
+        for item in data:
+            item["embedding"] = "@@not*base64@@"
+    elif kind == "non_object_item":
+        result["data"] = ["embedding" for _ in data]
+    elif kind == "drop_item":
+        result["data"] = data[:-1]
+    elif kind == "dup_index":
+        for item in data:
+            item["index"] = 0
+    elif kind == "truncated_json":
+        raw = json.dumps(result).encode()
+        return raw[: len(raw) // 2]
+    else:
+        raise ValueError(f"unknown real-time damage {kind!r}")
+    return json.dumps(result).encode()
+
+
 def _stopped_line(line: dict[str, Any], code: str) -> dict[str, Any]:
     message = {
         "batch_expired": "This request could not be executed before the completion window expired.",
@@ -936,6 +976,14 @@ def _send_json(
     req.send_header("Content-Length", str(len(data)))
     if retry_after_ms is not None and (status == 429 or status >= 500):
         req.send_header("retry-after-ms", str(retry_after_ms))
+    req.end_headers()
+    req.wfile.write(data)
+
+
+def _send_raw(req: BaseHTTPRequestHandler, status: int, data: bytes) -> None:
+    req.send_response(status)
+    req.send_header("Content-Type", "application/json")
+    req.send_header("Content-Length", str(len(data)))
     req.end_headers()
     req.wfile.write(data)
 

@@ -6,7 +6,9 @@ model-based test (``tests/test_nights.py``).
   every run that returns must converge to.
 * :func:`table_problems` compares a published table with that clean build row by row
   (id, source, lines, text, vector bytes), allowing the sources a run reports as
-  ``incomplete_sources`` to keep exactly the rows of the last published table.
+  ``incomplete_sources``, and the sources it could not read (``skipped`` with a read
+  error, :func:`unreadable_sources`), to keep exactly the rows of the last published
+  table.
 * :func:`billing_problems` (``billed[k] <= 1 + lost[k]``: no input paid twice unless the
   provider lost its result) and :func:`lost_problems` (every billed result whose text
   is still wanted under the identity it was billed for is in ``store.db``).
@@ -176,12 +178,16 @@ def table_problems(
     *,
     previous: list[Row],
     incomplete: Iterable[str] = (),
+    unreadable: Iterable[str] = (),
     refused: bool = False,
 ) -> list[str]:
     """How the published table differs from what the run must leave.
 
     ``files`` is the corpus the run scanned, ``previous`` the table after the previous
     run (the last published state), ``incomplete`` the report's ``incomplete_sources``.
+    ``unreadable`` are sources the run could not read (see :func:`unreadable_sources`;
+    they need not be in ``files``): like incomplete ones, they keep exactly the rows of
+    the last published table.
     A refused mass delete must leave ``previous`` untouched. Rows whose input a
     provider rejected as bad input (400; a whole request fails, so its other inputs
     too) may be absent from the table (rejected by ``api``) or from the clean build
@@ -204,11 +210,19 @@ def table_problems(
     want = clean.rows(files, settings)
     have_by, want_by, prev_by = _by_source(table), _by_source(want), _by_source(previous)
     incomplete = set(incomplete)
-    for src in sorted(incomplete - set(files)):
+    unreadable = set(unreadable)
+    for src in sorted(incomplete - set(files) - unreadable):
         if src in have_by:
             problems.append(f"{src}: gone from the folder but reported incomplete, has rows")
-    for src in sorted(set(have_by) | set(want_by) | incomplete):
+    for src in sorted(set(have_by) | set(want_by) | incomplete | unreadable):
         have = have_by.get(src, [])
+        if src in unreadable:
+            if have != prev_by.get(src, []):
+                problems.append(
+                    f"{src}: could not be read but its {len(have)} rows are not the "
+                    f"{len(prev_by.get(src, []))} rows of the last published table"
+                )
+            continue
         if src in incomplete and src in files:
             if have != prev_by.get(src, []):
                 problems.append(
@@ -221,6 +235,19 @@ def table_problems(
             continue
         problems += _source_problems(src, have, want_by.get(src, []), identity, api, clean)
     return problems
+
+
+READ_ERRORS = ("cannot read", "cannot stat", "permission denied")
+
+
+def unreadable_sources(report: Any) -> set[str]:
+    """Sources a run reports in ``skipped`` because it could not read them now (a read
+    or stat error, not their content): they keep their last published rows."""
+    return {
+        s["path"]
+        for s in getattr(report, "skipped", None) or []
+        if str(s.get("reason", "")).startswith(READ_ERRORS)
+    }
 
 
 def _source_problems(

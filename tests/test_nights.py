@@ -29,7 +29,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from invariants import (
     read_files,
     table_problems,
     table_rows,
+    unreadable_sources,
 )
 
 import corpusbatch
@@ -56,7 +57,8 @@ NIGHTS = int(os.environ.get("CORPUSBATCH_NIGHTS", "50"))
 SEED = int(os.environ.get("CORPUSBATCH_SEED", "20251"))
 KEEP_GOING = os.environ.get("CORPUSBATCH_KEEP_GOING", "") not in ("", "0")
 # comma-separated operations/faults to leave out, to hunt past a known bug:
-# e.g. "no-wait,empty,vanish2" (ops: index no-wait collect plan verify kill empty)
+# e.g. "no-wait,empty,vanish2" (ops: index no-wait collect plan verify kill empty;
+# extensions: unreadable collect-dims cli-bad-key rt_damage)
 SKIP = set(filter(None, os.environ.get("CORPUSBATCH_SKIP", "").split(",")))
 RUN_TIMEOUT = float(os.environ.get("CORPUSBATCH_RUN_TIMEOUT", "60"))
 POISON = "zzpoisonzz"
@@ -90,9 +92,14 @@ WORDS = [
     "amber",
 ]
 MODELS = ("text-embedding-3-small", "text-embedding-3-large")
+RT_DAMAGE = ("bad_base64", "non_object_item", "truncated_json", "drop_item", "dup_index")
 KILL_POINTS = ("upload", "create", "retrieve", "download", "downloaded", "delete")
 LIMITS = {"max_inputs_per_file": 6, "max_inputs_per_request": 3}
 CHUNK_TOKENS = 60
+# a batch that answers 404 and is nowhere in the list is created again after this many
+# seconds (default 1 h: a waiting run would poll that long); vanish2 batches come back
+# within milliseconds, far inside it, so a second batch for them is still paying twice
+MISSING_GRACE = 2.0
 FAULTS = (
     "vanish2",
     "vanish_gone",
@@ -108,8 +115,9 @@ FAULTS = (
 )
 
 
-class Timeout(Exception):
-    pass
+class Timeout(BaseException):
+    """Not an ``Exception``: the OpenAI SDK turns any ``Exception`` raised inside a
+    request into a retried ``APIConnectionError``, which would swallow the deadline."""
 
 
 @contextmanager
@@ -156,6 +164,11 @@ class Walk:
     night: int = 0
     counter: int = 0
     paid_twice: set[str] = field(default_factory=set)  # billing findings already made
+    # the extensions below draw from their own stream, so that the main walk of a seed
+    # (and the replay of an older finding) stays what it was before they were added
+    xrng: random.Random = field(default_factory=random.Random)
+    unreadable: tuple[str, bytes] | None = None  # a file replaced by a folder tonight
+    scanned_keep: set[str] = field(default_factory=set)  # unreadable at the last scan
 
     # ------------------------------------------------------------------- settings ---
     def settings(self) -> Settings:
@@ -170,6 +183,7 @@ class Walk:
             poll_interval=0.01,
             limits=dict(LIMITS),
             realtime_under=self.ident.realtime_under,
+            missing_batch_grace=MISSING_GRACE,
         )
 
     # -------------------------------------------------------------------- corpus ---
@@ -243,6 +257,26 @@ class Walk:
         self.stash = {}
         return "restore the root"
 
+    def make_unreadable(self) -> str:
+        """Replace a listed file by a folder of the same name (a read error as root)."""
+        rel = self.xrng.choice(sorted(self.files()))
+        path = self.root / rel
+        self.unreadable = (rel, path.read_bytes())
+        path.unlink()
+        path.mkdir()
+        return f"{rel} becomes a folder (unreadable)"
+
+    def restore_unreadable(self) -> str:
+        assert self.unreadable is not None
+        rel, data = self.unreadable
+        path = self.root / rel
+        for inner in sorted(path.rglob("*"), reverse=True):
+            inner.rmdir() if inner.is_dir() else inner.unlink()
+        path.rmdir()
+        self.write(rel, data.decode())
+        self.unreadable = None
+        return f"{rel} is a file again"
+
     # --------------------------------------------------------------------- faults ---
     def arm(self, fault: str) -> None:
         api, rng = self.api, self.rng
@@ -277,6 +311,7 @@ class Walk:
         api.vanish_batches, api.realtime_faults, api.expire_next = [], [], []
         api.malformed_next, api.drop_lines_next, api.create_faults = [], [], []
         api.download_drops = 0
+        api.realtime_damage = []
         api.clear_kills()
 
     # ------------------------------------------------------------------- checking ---
@@ -294,8 +329,16 @@ class Walk:
         report: Any = None,
         *,
         refused: bool = False,
+        keep: set[str] | None = None,
     ) -> None:
+        if report is not None and not report.published and not refused:
+            # nothing committed: a change of identity waits for every source (the whole
+            # old table stays, deleted sources too), or `collect` for another identity
+            if table_rows(settings) != self.previous:
+                self.find(f"not published ({_summary(report)}) but the table changed")
+            return
         incomplete = list(getattr(report, "incomplete_sources", None) or [])
+        unreadable = unreadable_sources(report) | (keep or set())
         problems = table_problems(
             settings,
             files,
@@ -303,6 +346,7 @@ class Walk:
             self.clean,
             previous=self.previous,
             incomplete=incomplete,
+            unreadable=unreadable,
             refused=refused,
         )
         done = report is not None and not incomplete and not report.pending_files
@@ -367,15 +411,25 @@ class Walk:
         if outcome in ("crash", "Timeout"):
             self.find(f"{label}: {outcome}: {value}")
             return
+        known = {self.unreadable[0]} if self.unreadable and label != "collect" else set()
         if outcome != "ok":
             if fault in ("bad_key", "rt401") and outcome == "BackendError":
                 self.unchanged(f"{label} stopped on a bad key")
-                self.scanned, self.scanned_settings = files, settings
+                if label != "collect":
+                    self.scanned, self.scanned_settings = files, settings
+                    self.scanned_keep = known
                 return
             self.find(f"{label}: unexpected {outcome}: {value}")
             return
+        if label == "collect":  # no scan: sources unreadable at the last one keep rows
+            self.check_table(files, settings, value, keep=self.scanned_keep)
+            return
+        for rel in sorted(known - unreadable_sources(value)):
+            skipped = [s for s in value.skipped if s.get("path") == rel]
+            self.find(f"{rel} (a folder now) not reported as unreadable; skipped: {skipped}")
         self.scanned, self.scanned_settings = files, settings
-        self.check_table(files, settings, value)
+        self.scanned_keep = known | unreadable_sources(value)
+        self.check_table(files, settings, value, keep=known)
 
     def collect_run(self, fault: str | None) -> None:
         if self.scanned_settings is None:
@@ -383,6 +437,30 @@ class Walk:
         settings = self.scanned_settings
         outcome, value = self.library(lambda: collect(settings, api_key="k", wait=True))
         self.outcome("collect", outcome, value, fault, settings, self.scanned or {}, False)
+
+    def collect_other_dims(self, fault: str | None) -> None:
+        """``collect`` with other ``--dimensions`` than the last scan, batches in flight:
+        it loads them under the identity they were planned for and publishes nothing
+        (the desired rows are the last scan's); the next ``index`` converges."""
+        scanned = self.scanned_settings
+        assert scanned is not None
+        settings = self.settings()
+        pending = len(corpusbatch.batch_status(scanned))
+        outcome, value = self.library(lambda: collect(settings, api_key="k", wait=True))
+        label = f"collect --dimensions {settings.dimensions} ({pending} files in flight)"
+        self.steps.append(f"  {label} -> {_summary(value) if outcome == 'ok' else outcome}")
+        if outcome == "BackendError" and fault == "bad_key":
+            self.unchanged(f"{label} stopped on a bad key")
+            return
+        if outcome != "ok":
+            self.find(f"{label}: unexpected {outcome}: {value}")
+            return
+        self.unchanged(label)
+        if not value.pending_files and self.scanned is not None:
+            wanted = [r.text for r in self.clean.rows(self.scanned, scanned)]
+            problems = lost_problems(self.api, scanned, wanted)
+            if problems:
+                self.find(f"{label}: results of the last scan lost:\n" + "\n".join(problems))
 
     def plan_run(self) -> None:
         sub = self.rng.random() < 0.6 and (self.root / "sub").is_dir()
@@ -447,10 +525,71 @@ class Walk:
         self.scanned, self.scanned_settings = files, settings
         self.index_run(wait=True, fault=None, label="rerun index")
 
+    def cli_bad_key(self) -> None:
+        """The CLI with a key the provider refuses: exit 1, table unchanged; then the
+        good key converges."""
+        settings = self.settings()
+        self.api.valid_keys = {"good"}
+        proc = _cli(self.root, settings, self.work / "config.toml", api_key="bad")
+        try:
+            _, err = proc.communicate(timeout=RUN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+            self.find("CLI index with a bad key hung")
+        finally:
+            self.api.valid_keys = None
+        code = proc.returncode
+        self.steps.append(f"  CLI index with a bad key -> exit {code}")
+        if code == 1:
+            self.unchanged("the CLI stopped on a bad key")
+        elif code not in (0, 4, 5, 6):  # 0/4/5: nothing to send, no provider call
+            self.find(f"CLI index with a bad key: exit {code}: {err.decode()[-600:]}")
+        self.previous = table_rows(settings)
+        self.index_run(wait=True, fault=None, label="rerun index with the good key")
+
     # ----------------------------------------------------------------------- night ---
+    def extend(
+        self, op: str, fault: str | None, notes: list[str], *, same_ident: bool
+    ) -> tuple[str, str | None]:
+        """Paths the main walk does not reach (own random stream, see ``xrng``)."""
+        xrng, files = self.xrng, self.files()
+        if (
+            op in ("index", "no-wait")
+            and same_ident
+            and not self.stash
+            and len(files) >= 2
+            and xrng.random() < 0.08 * _on("unreadable")
+        ):
+            notes.append(self.make_unreadable())
+        if (
+            op == "collect"
+            and self.scanned_settings is not None
+            and xrng.random() < 0.35 * _on("collect-dims")
+        ):
+            self.ident.dims = 48 if self.scanned_settings.dimensions == 32 else 32
+            notes.append(f"dimensions {self.ident.dims} (collect with them)")
+            op = "collect-dims"
+        if op == "index" and fault is None and xrng.random() < 0.05 * _on("cli-bad-key"):
+            notes.append("CLI with a bad key")
+            op = "cli-bad-key"
+        if (
+            op in ("index", "no-wait")
+            and fault is None
+            and self.ident.realtime_under
+            and xrng.random() < 0.4 * _on("rt_damage")
+        ):
+            kind = xrng.choice(RT_DAMAGE)
+            self.api.realtime_damage = [kind]
+            fault = "rt_damage"
+            notes.append(f"fault rt_damage {kind}")
+        return op, fault
+
     def one_night(self) -> None:
         rng = self.rng
         notes: list[str] = []
+        if self.unreadable:
+            notes.append(self.restore_unreadable())
         if self.stash and rng.random() < 0.6:
             notes.append(self.restore())
         elif not self.stash and read_files(self.root) and rng.random() < 0.05 * _on("empty"):
@@ -458,6 +597,7 @@ class Walk:
         else:
             for _ in range(rng.choice([0, 1, 1, 2, 3])):
                 notes.append(self.mutate())
+        ident = replace(self.ident)
         if rng.random() < 0.1:
             self.ident.model = rng.choice(MODELS)
             notes.append(f"model {self.ident.model}")
@@ -484,6 +624,7 @@ class Walk:
             if fault:
                 self.arm(fault)
                 notes.append(f"fault {fault}")
+        op, fault = self.extend(op, fault, notes, same_ident=ident == self.ident)
         self.steps.append(f"night {self.night}: " + "; ".join(notes or ["no change"]))
         t0 = time.monotonic()
         try:
@@ -500,6 +641,10 @@ class Walk:
                     self.verify_run(fault)
                 case "kill":
                     self.kill_run()
+                case "collect-dims":
+                    self.collect_other_dims(fault)
+                case "cli-bad-key":
+                    self.cli_bad_key()
         finally:
             self.disarm()
             self.previous = table_rows(self.settings())
@@ -534,9 +679,14 @@ def _summary(report: Any) -> str:
     return " ".join(parts)
 
 
-def _cli(root: Path, settings: Settings, config: Path) -> subprocess.Popen[bytes]:
+def _cli(
+    root: Path, settings: Settings, config: Path, *, api_key: str = "k"
+) -> subprocess.Popen[bytes]:
     limits = "".join(f"{k} = {v}\n" for k, v in LIMITS.items())
-    config.write_text(f"chunk_tokens = {CHUNK_TOKENS}\npoll_interval = 0.01\n[limits]\n{limits}")
+    config.write_text(
+        f"chunk_tokens = {CHUNK_TOKENS}\npoll_interval = 0.01\n"
+        f"missing_batch_grace = {MISSING_GRACE}\n[limits]\n{limits}"
+    )
     args = [
         sys.executable,
         "-m",
@@ -562,7 +712,7 @@ def _cli(root: Path, settings: Settings, config: Path) -> subprocess.Popen[bytes
     if settings.realtime_under:
         args += ["--realtime-under", str(settings.realtime_under)]
     path = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO)]))
-    env = dict(os.environ, OPENAI_API_KEY="k", PYTHONPATH=path)
+    env = dict(os.environ, OPENAI_API_KEY=api_key, PYTHONPATH=path)
     return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -573,6 +723,7 @@ def run_walk(seed: int, nights: int, tmp: Path) -> Walk:
     with FakeBatchAPI(seed=seed) as api, CleanBuilder(poison=POISON) as clean:
         api.poison = POISON
         walk = Walk(rng=rng, root=root, work=tmp, api=api, clean=clean)
+        walk.xrng = random.Random(f"extend-{seed}")
         for _ in range(rng.randint(6, 10)):
             walk.write(walk.new_name(), walk.document())
         try:
