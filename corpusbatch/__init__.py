@@ -19,29 +19,11 @@ from .errors import (
     PlanningError,
     SourceError,
 )
+from .pipeline import RunReport, batch_status, cancel_batches, collect, index
+from .search import Hit, search_index
 from .types import Chunk, Document, EmbeddingIdentity
-
-_LAZY = {
-    "RunReport": "pipeline",
-    "batch_status": "pipeline",
-    "cancel_batches": "pipeline",
-    "collect": "pipeline",
-    "index": "pipeline",
-    "open_table": "workspace",
-    "search_index": "search",
-    "verify": "verify",
-}
-
-
-def __getattr__(name: str) -> object:
-    # The pipeline pulls in LanceDB and the tokenizers; import it on first use so that
-    # `import corpusbatch.sources` (or the CLI's --help) stays fast.
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module 'corpusbatch' has no attribute {name!r}")
-
+from .verify import VerifyReport, verify
+from .workspace import open_table
 
 __all__ = [
     "PROFILES",
@@ -53,6 +35,7 @@ __all__ = [
     "CostLimitExceeded",
     "Document",
     "EmbeddingIdentity",
+    "Hit",
     "IndexNotFound",
     "Limits",
     "LoadError",
@@ -64,6 +47,7 @@ __all__ = [
     "RunReport",
     "Settings",
     "SourceError",
+    "VerifyReport",
     "batch_status",
     "cancel_batches",
     "collect",

@@ -706,9 +706,34 @@ def load_output(
 
 
 # -- publishing -------------------------------------------------------------------
+# Version of the published table's layout, kept in the identity blob of the schema
+# metadata. A table written by an older layout therefore has another identity: the next
+# `index` or `collect` rebuilds it in one commit from the stored vectors (no embedding),
+# see :func:`table_is_current`. 1: flat columns only. 2: adds `doc_id` and `metadata`.
+TABLE_SCHEMA_VERSION = 2
+
+# What a citation needs, as one struct: LangChain's and LlamaIndex's LanceDB stores read
+# a chunk's metadata from a column named `metadata` (struct -> dict).
+METADATA_TYPE = pa.struct(
+    [
+        pa.field("id", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("heading", pa.string()),
+        pa.field("start_line", pa.int32()),
+        pa.field("end_line", pa.int32()),
+    ]
+)
+
+
 def table_schema(identity: EmbeddingIdentity, settings_blob: dict[str, Any]) -> pa.Schema:
-    """Arrow schema of the published table; the index identity rides in its metadata."""
-    meta = {"corpusbatch": json.dumps(settings_blob, sort_keys=True)}
+    """Arrow schema of the published table; the index identity rides in its metadata.
+
+    ``doc_id`` is the chunk's source path (the document it came from: LlamaIndex's
+    ``ref_doc_id``); ``metadata`` repeats ``id``, ``source``, ``heading`` and the line
+    range as a struct for RAG frameworks, next to the flat columns that SQL filters use.
+    """
+    blob = {**settings_blob, "schema_version": TABLE_SCHEMA_VERSION}
+    meta = {"corpusbatch": json.dumps(blob, sort_keys=True)}
     return pa.schema(
         [
             pa.field("id", pa.string(), nullable=False),
@@ -722,9 +747,36 @@ def table_schema(identity: EmbeddingIdentity, settings_blob: dict[str, Any]) -> 
             pa.field("content_hash", pa.string()),
             pa.field("custom_id", pa.string()),
             pa.field("model", pa.string()),
+            pa.field("doc_id", pa.string()),
+            pa.field("metadata", METADATA_TYPE),
         ],
         metadata=meta,
     )
+
+
+def schema_version(schema: pa.Schema) -> int:
+    """The layout version of a published table's schema (1 before versions were kept)."""
+    raw = _identity_of(schema)
+    try:
+        blob = json.loads(raw) if raw else {}
+    except ValueError:
+        return 0
+    version = blob.get("schema_version", 1) if isinstance(blob, dict) else 0
+    return version if isinstance(version, int) else 0
+
+
+def table_is_current(db: Any, name: str) -> bool:
+    """Whether table ``name`` exists and has the current layout.
+
+    False for a table written by an older corpusbatch: a run must publish then, and
+    :func:`publish` rebuilds it in one commit from the stored vectors (its identity blob
+    differs), so it is migrated without embedding anything.
+    """
+    try:
+        table = db.open_table(name)
+    except (FileNotFoundError, ValueError):
+        return False
+    return schema_version(table.schema) == TABLE_SCHEMA_VERSION
 
 
 def _arrow_batch(rows: list[tuple[Any, ...]], schema: pa.Schema, model: str) -> pa.RecordBatch:
@@ -734,18 +786,28 @@ def _arrow_batch(rows: list[tuple[Any, ...]], schema: pa.Schema, model: str) -> 
     if flat.size != dim * len(rows):
         raise LoadError("stored vectors have the wrong dimension", hint="run `corpusbatch verify`")
     vectors = pa.FixedSizeListArray.from_arrays(pa.array(flat, type=pa.float32()), dim)
+    ids = pa.array(cols[0], pa.string())
+    sources = pa.array(cols[2], pa.string())
+    headings = pa.array(cols[3], pa.string())
+    starts = pa.array(cols[4], pa.int32())
+    ends = pa.array(cols[5], pa.int32())
+    metadata = pa.StructArray.from_arrays(
+        [ids, sources, headings, starts, ends], fields=list(METADATA_TYPE)
+    )
     arrays = [
-        pa.array(cols[0], pa.string()),
+        ids,
         vectors,
         pa.array(cols[7], pa.string()),
-        pa.array(cols[2], pa.string()),
-        pa.array(cols[3], pa.string()),
-        pa.array(cols[4], pa.int32()),
-        pa.array(cols[5], pa.int32()),
+        sources,
+        headings,
+        starts,
+        ends,
         pa.array(cols[6], pa.int32()),
         pa.array(cols[8], pa.string()),
         pa.array(cols[10], pa.string()),
         pa.array([model] * len(rows), pa.string()),
+        sources,
+        metadata,
     ]
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 

@@ -2,7 +2,9 @@
 
 The table has one row per chunk with the columns ``id``, ``vector`` (fixed-size float32
 list), ``text``, ``source``, ``heading``, ``start_line``, ``end_line``, ``n_tokens``,
-``content_hash``, ``custom_id`` and ``model``. Queries are embedded with the same model
+``content_hash``, ``custom_id``, ``model``, ``doc_id`` (the source path) and ``metadata``
+(a struct of ``id``, ``source``, ``heading``, ``start_line``, ``end_line`` for RAG
+frameworks). Queries are embedded with the same model
 that embedded the chunks; the caller passes that model's ``embed`` function.
 """
 
@@ -213,13 +215,17 @@ def search_index(
     mode: str = "vector",
     where: str | None = None,
     api_key: str | None = None,
-) -> list[Any]:
-    """Answer ``question`` from the published table with the model that built it."""
+) -> list[Hit]:
+    """Answer ``question`` from the published table with the model that built it.
+
+    The ``k`` best chunks, best first; ``mode`` and ``where`` as in :func:`search`. A
+    table built by a remote provider needs that provider's ``api_key`` to embed the query.
+    """
     table = open_table(settings)
     ident = table_identity(table)
     model = ident.get("model") or settings.model_spec().name
     embed = _query_embedder(settings, ident, model, api_key)
-    return list(search(table, question, embed=embed, k=k, mode=mode, where=where))
+    return search(table, question, embed=embed, k=k, mode=mode, where=where)
 
 
 def _query_embedder(

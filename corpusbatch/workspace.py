@@ -18,10 +18,13 @@ import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import Settings
 from .errors import IndexNotFound, LockedError
+
+if TYPE_CHECKING:
+    from lancedb.table import Table
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +114,14 @@ def last_settings(index_dir: Path) -> dict[str, Any]:
     return value
 
 
-def open_table(settings: Settings) -> Any:
-    """Open the published table, or raise :class:`IndexNotFound` with what to do."""
+def open_table(settings: Settings) -> Table:
+    """Open the published table, or raise :class:`IndexNotFound` with what to do.
+
+    A plain ``lancedb.table.Table``: one row per chunk (see README, "The table's
+    columns"). A table written by an older corpusbatch lacks ``doc_id`` and
+    ``metadata``; it still opens (with a warning) and the next ``corpusbatch index``
+    rebuilds it from the stored vectors, embedding nothing.
+    """
     paths = IndexPaths(settings.index_dir)
     if not paths.lancedb.exists():
         raise IndexNotFound(
@@ -121,15 +130,23 @@ def open_table(settings: Settings) -> Any:
         )
     db = connect(paths)
     try:
-        return db.open_table(settings.table)
+        table: Table = db.open_table(settings.table)
     except (FileNotFoundError, ValueError) as exc:
         raise IndexNotFound(
             f"table {settings.table!r} not found in {paths.lancedb}",
             hint="run `corpusbatch index DIR` to completion first",
         ) from exc
+    if "metadata" not in table.schema.names:
+        log.warning(
+            "table %r predates the `metadata` and `doc_id` columns that LangChain and "
+            "LlamaIndex read; run `corpusbatch index` once to add them (nothing is "
+            "embedded again)",
+            settings.table,
+        )
+    return table
 
 
-def table_identity(table: Any) -> dict[str, Any]:
+def table_identity(table: Table) -> dict[str, Any]:
     """The identity recorded in a published table's metadata."""
     meta = table.schema.metadata or {}
     raw = meta.get(b"corpusbatch")
