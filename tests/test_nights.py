@@ -766,3 +766,31 @@ if __name__ == "__main__":  # python tests/test_nights.py SEED NIGHTS: print the
         w = run_walk(seed, nights, Path(d))
         print("\n".join(w.steps))
         print(f"{len(w.findings)} finding(s)")
+
+
+@pytest.mark.parametrize("kind", RT_DAMAGE)
+def test_damaged_realtime_answer(tmp_path: Path, kind: str) -> None:
+    """A damaged 200 answer of /v1/embeddings is provider trouble (``retry``): the run
+    returns, the damaged inputs are sent again, and the table is a clean build with
+    nothing paid twice beyond what was lost."""
+    root = tmp_path / "corpus"
+    with FakeBatchAPI(seed=3) as api, CleanBuilder() as clean:
+        rng = random.Random(kind)
+        walk = Walk(rng=rng, root=root, work=tmp_path, api=api, clean=clean)
+        for _ in range(3):
+            walk.write(walk.new_name(), walk.document())
+        walk.ident.realtime_under = 100_000
+        settings = walk.settings()
+        api.realtime_damage = [kind]
+        outcome, value = walk.library(
+            lambda: corpusbatch.index(root, settings, api_key="k", wait=True)
+        )
+        assert outcome == "ok", f"{kind}: {outcome}: {value}"
+        assert value.route == "realtime"
+        files = read_files(root)
+        assert not table_problems(
+            settings, files, api, clean, previous=[], incomplete=value.incomplete_sources
+        )
+        wanted = [r.text for r in clean.rows(files, settings)]
+        assert not lost_problems(api, settings, wanted)
+        assert not billing_problems(api)
