@@ -410,6 +410,8 @@ class Walk:
             self.find(f"emptied root: {label} did not refuse (table now {_summary(value)})")
         if outcome in ("crash", "Timeout"):
             self.find(f"{label}: {outcome}: {value}")
+            if label != "collect":  # its scan committed before the crash
+                self.scanned, self.scanned_settings = files, settings
             return
         known = {self.unreadable[0]} if self.unreadable and label != "collect" else set()
         if outcome != "ok":
