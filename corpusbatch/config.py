@@ -202,6 +202,7 @@ class Settings:
     # provider really lost a batch; longer: less risk of paying twice for a batch that
     # was only hidden for a while. Counted across runs, so `--no-wait` cron jobs see it.
     missing_batch_grace: float = 3600.0
+    scan_workers: int | None = None  # processes that read and chunk; None: the cores available
 
     def __post_init__(self) -> None:
         if self.api_key_env is not None and not plausible_env_name(self.api_key_env):

@@ -29,7 +29,6 @@ from .chunking import Chunker, ChunkerConfig
 from .config import Settings, remembered
 from .errors import (
     BackendError,
-    ChunkingError,
     ConfigError,
     CostLimitExceeded,
     IndexNotFound,
@@ -43,14 +42,14 @@ from .loading import (
     PublishResult,
     RunStore,
     SourceState,
-    desired_rows,
     load_output,
     publish,
     table_is_current,
     table_schema,
 )
 from .planning import PlanSummary, plan_files, read_manifest, summarize, waves
-from .sources import list_files, read_document
+from .scanning import FileResult, FileTask, ScanJob, default_workers, read_files
+from .sources import list_files
 from .tokenizers import Tokenizer, get_tokenizer
 from .types import EmbeddingIdentity, EmbedItem, PlannedFile
 from .workspace import IndexPaths, connect, index_lock
@@ -252,8 +251,14 @@ def _scan(
     The scan commits as one transaction, so a refused or killed scan changes nothing.
     With ``in_transaction`` the caller holds (and ends) the transaction, as a dry run
     does to throw the scan away afterwards.
+
+    Files are stat'ed here; those that must be read are read, decoded, chunked and
+    hashed by ``settings.scan_workers`` processes (:mod:`corpusbatch.scanning`, default:
+    the cores available) and their results written here in file order, so the store
+    and the report do not depend on the number of workers.
     """
     report, progress, store = ctx.report, ctx.progress, ctx.store
+    t0 = time.monotonic()
 
     def on_skip(rel: str, reason: str) -> None:
         report.skipped.append({"path": rel, "reason": reason})
@@ -266,12 +271,26 @@ def _scan(
     tx = contextlib.nullcontext() if in_transaction else store.transaction()
     with tx:
         before = _known_sources(store)
+        steps: list[_Step] = []
+        tasks: list[FileTask] = []
         for path in files:
             full = str(path)
             rel = full[len(prefix) :] if full.startswith(prefix) else path.as_posix()
-            if _scan_one(ctx, path, rel, full_scan, on_skip):
-                seen.add(rel)
-            progress.advance()
+            step = _Step(rel, path, *_stat_and_check(ctx, path, rel, full_scan))
+            if step.read:
+                prev_sha = step.prev.sha256 if step.prev is not None else None
+                tasks.append(FileTask(rel, full, step.st.st_size if step.st else 0, prev_sha))
+            steps.append(step)
+        workers = ctx.settings.scan_workers or default_workers()
+        results = read_files(_scan_job(ctx, root), tasks, workers)
+        try:
+            for step in steps:
+                result = next(results) if step.read else None
+                if _scan_one(ctx, step, result, full_scan, on_skip):
+                    seen.add(step.rel)
+                progress.advance()
+        finally:
+            results.close()
         _guard_mass_delete(ctx, before, seen, allow_mass_delete or in_transaction)
         report.deleted_sources = store.drop_sources(seen)
         store.set_meta("root", str(root))
@@ -279,6 +298,44 @@ def _scan(
         report.documents = _document_count(store)
     progress.finish()
     report.chunks = store.count("desired")
+    report.durations["scan"] = round(time.monotonic() - t0, 3)
+
+
+@dataclass
+class _Step:
+    """One listed file: what its stat said, and whether it must be read."""
+
+    rel: str
+    path: Path
+    st: os.stat_result | None  # None: stat failed, ``stat_error`` says why
+    stat_error: str
+    prev: SourceState | None  # the last scan's state, under this fingerprint
+    read: bool
+
+
+def _stat_and_check(
+    ctx: _Context, path: Path, rel: str, full_scan: bool
+) -> tuple[os.stat_result | None, str, SourceState | None, bool]:
+    """(stat, stat error, previous state, must read) of one file; writes nothing."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        return None, str(exc.strerror), None, False
+    prev = ctx.store.source_state(rel)
+    if prev is not None and prev.fingerprint != ctx.fingerprint:
+        prev = None
+    if prev is not None and _unchanged(path, st, prev, full_scan):
+        return st, "", prev, False
+    return st, "", prev, True
+
+
+def _scan_job(ctx: _Context, root: Path) -> ScanJob:
+    return ScanJob(
+        root=str(root),
+        tokenizer=ctx.chunker.tokenizer.name,
+        chunker=ctx.chunker.config,
+        identity=ctx.identity,
+    )
 
 
 def _document_count(store: RunStore) -> int:
@@ -323,25 +380,26 @@ def _known_sources(store: RunStore) -> set[str]:
 
 
 def _scan_one(
-    ctx: _Context, path: Path, rel: str, full_scan: bool, on_skip: Callable[[str, str], None]
+    ctx: _Context,
+    step: _Step,
+    result: FileResult | None,
+    full_scan: bool,
+    on_skip: Callable[[str, str], None],
 ) -> bool:
-    """Update one source's rows; returns whether the store should remember it.
+    """Record one source from its stat and (if it was read) what reading it found;
+    returns whether the store should remember it.
 
     Skipped files (binary, empty, ...) are remembered too, with their reason, so that an
     unchanged skipped file is reported again without being read again. A file that
     cannot be read now (permissions, I/O error) keeps its last rows and is read again
     next time: a passing error must not delete rows, nor be remembered as final.
     """
-    store, fp = ctx.store, ctx.fingerprint
-    try:
-        st = path.stat()
-    except OSError as exc:
-        on_skip(rel, f"cannot stat ({exc.strerror})")
+    store, fp, rel, prev, st = ctx.store, ctx.fingerprint, step.rel, step.prev, step.st
+    if st is None:
+        on_skip(rel, f"cannot stat ({step.stat_error})")
         return _keep_unreadable(store, rel, fp)
-    prev = store.source_state(rel)
-    if prev is not None and prev.fingerprint != fp:
-        prev = None
-    if prev is not None and _unchanged(path, st, prev, full_scan):
+    if result is None:  # unchanged
+        assert prev is not None
         if prev.sha256.startswith(_SKIPPED):
             on_skip(rel, prev.sha256.removeprefix(_SKIPPED))
         elif full_scan:  # same bytes, new stat: remember the stat, keep the rows
@@ -349,36 +407,27 @@ def _scan_one(
         return True
     reasons: list[str] = []
     unreadable: list[str] = []
-
-    def remember(skipped: str, reason: str) -> None:
-        reasons.append(reason)
-        on_skip(skipped, reason)
-
-    def cannot_read(skipped: str, reason: str) -> None:
-        unreadable.append(reason)
-        on_skip(skipped, reason)
-
-    doc = read_document(ctx.root, path, on_skip=remember, on_unreadable=cannot_read)
+    for kind, path, reason in result.events:
+        (unreadable if kind == "unreadable" else reasons).append(reason)
+        on_skip(path, reason)
     ctx.report.documents_read += 1
-    if doc is None and unreadable:
+    if result.sha256 is None and unreadable:
         return _keep_unreadable(store, rel, fp)
-    if doc is None:
+    if result.sha256 is None:
         reason = reasons[-1] if reasons else "skipped"
         store.put_source(rel, SourceState(_SKIPPED + reason, st.st_size, st.st_mtime_ns, fp), [])
         return True
-    state = SourceState(doc.sha256, st.st_size, st.st_mtime_ns, fp)
-    if prev is not None and prev.sha256 == doc.sha256:
+    state = SourceState(result.sha256, st.st_size, st.st_mtime_ns, fp)
+    if prev is not None and prev.sha256 == result.sha256:
         store.put_source(rel, state, None)
         return True
-    try:
-        chunks = ctx.chunker.chunk(doc)
-    except ChunkingError as exc:  # one bad document must not stop the run
-        remember(rel, f"cannot be chunked: {exc}")
+    if result.chunk_error is not None:
+        on_skip(rel, result.chunk_error)
         store.put_source(
-            rel, SourceState(_SKIPPED + reasons[-1], st.st_size, st.st_mtime_ns, fp), []
+            rel, SourceState(_SKIPPED + result.chunk_error, st.st_size, st.st_mtime_ns, fp), []
         )
         return True
-    store.put_source(rel, state, desired_rows(chunks, ctx.identity))
+    store.put_source(rel, state, result.rows or [])
     return True
 
 
