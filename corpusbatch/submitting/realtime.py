@@ -114,13 +114,19 @@ class RealtimeRunner:
                     continue
                 error = {"code": "request_timeout", "message": describe_error(exc)}
                 return {"custom_id": cid, "response": None, "error": error}
+            except (openai.APIResponseValidationError, ValueError) as exc:
+                return _damaged(cid, exc)  # unparseable JSON (ValueError) or wrong shape
+            try:
+                answer = _body(resp)
+            except (AttributeError, TypeError, ValueError) as exc:
+                return _damaged(cid, exc)
             return {
                 "id": f"rt_{cid}",
                 "custom_id": cid,
                 "response": {
                     "status_code": 200,
                     "request_id": getattr(resp, "_request_id", None),
-                    "body": _body(resp),
+                    "body": answer,
                 },
                 "error": None,
             }
@@ -147,6 +153,18 @@ def _stop_if_not_about_the_input(exc: openai.APIStatusError) -> None:
             hint="check the API key, the account's quota and --model; nothing is lost, run "
             "again to resume",
         ) from exc
+
+
+def _damaged(cid: Any, exc: Exception) -> dict[str, Any]:
+    """An error line for a 200 answer that cannot be read: the provider's trouble, so the
+    loader sends its inputs again (``retry``), and the run goes on."""
+    log.warning("%s: unreadable answer from the embeddings API (%s)", cid, exc)
+    message = f"unreadable answer: {type(exc).__name__}: {str(exc)[:200]}"
+    return {
+        "custom_id": cid,
+        "response": None,
+        "error": {"code": "malformed_output", "message": message},
+    }
 
 
 def _trim_partial_line(path: Path) -> None:
