@@ -8,11 +8,22 @@ restore it), sometimes changes the identity (model, ``--dimensions``, input pref
 SIGKILLs it at a random point, then re-runs. After every run that returns, the shared
 invariants (``tests/invariants.py``) must hold.
 
+From their own random stream (so a seed's main walk is what it was before them), some
+nights also replace a listed file by a folder of the same name for that night (a read
+error even as root: the source must keep its last published rows, be reported in
+``skipped``, and be read again once restored), run ``collect`` with other
+``--dimensions`` while batches are in flight (it loads them under their own identity and
+publishes nothing), run the CLI with a key the provider refuses (exit 1, table
+unchanged, then the good key converges), or damage one real-time answer (bad base64,
+non-object items, truncated JSON, a left-out item, duplicated indexes).
+
 CI runs ``NIGHTS`` nights of one seed. For long runs::
 
     CORPUSBATCH_NIGHTS=5000 CORPUSBATCH_SEED=123 python -m pytest -q tests/test_nights.py -s
 
-``CORPUSBATCH_KEEP_GOING=1`` records every finding instead of stopping at the first.
+``CORPUSBATCH_KEEP_GOING=1`` records every finding instead of stopping at the first;
+``CORPUSBATCH_STEPS_LOG=FILE`` appends each night's steps to FILE as the walk goes;
+``CORPUSBATCH_SKIP`` leaves operations or faults out (see ``SKIP``).
 On failure the seed and the night-by-night steps are printed; the walk is a pure
 function of the seed, so the same seed and ``CORPUSBATCH_NIGHTS=<failing night>``
 replays it.
@@ -60,6 +71,8 @@ KEEP_GOING = os.environ.get("CORPUSBATCH_KEEP_GOING", "") not in ("", "0")
 # e.g. "no-wait,empty,vanish2" (ops: index no-wait collect plan verify kill empty;
 # extensions: unreadable collect-dims cli-bad-key rt_damage)
 SKIP = set(filter(None, os.environ.get("CORPUSBATCH_SKIP", "").split(",")))
+# a file to append each night's steps to as the walk goes (long walks under `timeout`)
+STEPS_LOG = os.environ.get("CORPUSBATCH_STEPS_LOG", "")
 RUN_TIMEOUT = float(os.environ.get("CORPUSBATCH_RUN_TIMEOUT", "60"))
 POISON = "zzpoisonzz"
 WORDS = [
@@ -572,11 +585,15 @@ class Walk:
             and xrng.random() < 0.08 * _on("unreadable")
         ):
             notes.append(self.make_unreadable())
+        in_flight = self.scanned_settings is not None and bool(
+            corpusbatch.batch_status(self.scanned_settings)
+        )
         if (
-            op == "collect"
-            and self.scanned_settings is not None
-            and xrng.random() < 0.35 * _on("collect-dims")
+            in_flight
+            and op in ("collect", "index")
+            and xrng.random() < (0.5 if op == "collect" else 0.1) * _on("collect-dims")
         ):
+            assert self.scanned_settings is not None
             self.ident.dims = 48 if self.scanned_settings.dimensions == 32 else 32
             notes.append(f"dimensions {self.ident.dims} (collect with them)")
             op = "collect-dims"
@@ -736,10 +753,17 @@ def run_walk(seed: int, nights: int, tmp: Path) -> Walk:
         walk.xrng = random.Random(f"extend-{seed}")
         for _ in range(rng.randint(6, 10)):
             walk.write(walk.new_name(), walk.document())
+        written = 0
         try:
             for night in range(nights):
                 walk.night = night
-                walk.one_night()
+                try:
+                    walk.one_night()
+                finally:
+                    if STEPS_LOG:
+                        with open(STEPS_LOG, "a") as log:
+                            log.write("".join(f"{s}\n" for s in walk.steps[written:]))
+                        written = len(walk.steps)
         except AssertionError:
             pass
         return walk
