@@ -590,8 +590,8 @@ class Walk:
         )
         if (
             in_flight
-            and op in ("collect", "index")
-            and xrng.random() < (0.5 if op == "collect" else 0.1) * _on("collect-dims")
+            and op in ("collect", "index", "no-wait")
+            and xrng.random() < (0.6 if op == "collect" else 0.25) * _on("collect-dims")
         ):
             assert self.scanned_settings is not None
             self.ident.dims = 48 if self.scanned_settings.dimensions == 32 else 32
