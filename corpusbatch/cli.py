@@ -471,9 +471,9 @@ def collect_cmd(
 @click.option(
     "--mode",
     type=click.Choice(["vector", "fts", "hybrid"]),
-    default="vector",
-    show_default=True,
-    help="Vector, full-text or hybrid (both, fused) search.",
+    default=None,
+    help="Vector, full-text or hybrid (both, fused by score) search. Default: hybrid, or "
+    "vector for a table without a full-text index.",
 )
 @click.option("--where", help="SQL filter on columns, e.g. \"source LIKE 'guides/%'\".")
 @_options(_WHERE, _PROVIDER)
@@ -484,7 +484,7 @@ def search_cmd(
     /,
     question: str,
     k: int,
-    mode: str,
+    mode: str | None,
     where: str | None,
     as_json: bool,
     **flags: Any,

@@ -138,7 +138,7 @@ def _top(hits: list[Hit]) -> str:
 def test_vector_search_finds_the_paraphrased_chunk(
     table: Any, backend: LocalBackend, query: str, source: str
 ) -> None:
-    hits = search(table, query, embed=_embed(backend), k=3)
+    hits = search(table, query, embed=_embed(backend), k=3, mode="vector")
     assert _top(hits) == source
     assert len(hits) == 3
     scores = [h.score for h in hits]
@@ -148,7 +148,7 @@ def test_vector_search_finds_the_paraphrased_chunk(
 
 @pytest.mark.slow
 def test_hits_carry_the_row(table: Any, backend: LocalBackend) -> None:
-    hit = search(table, "patch an inner tube", embed=_embed(backend), k=1)[0]
+    hit = search(table, "patch an inner tube", embed=_embed(backend), k=1, mode="vector")[0]
     i = [d[0] for d in DOCS].index("guides/bike.md")
     assert hit.to_dict() == {
         "id": f"row-{i:02d}",
@@ -255,3 +255,26 @@ def test_bad_arguments_raise_corpusbatch_errors(table: Any, backend: LocalBacken
 
 def test_sql_string_escapes_quotes() -> None:
     assert sql_string("it's") == "'it''s'"
+
+
+@pytest.mark.slow
+def test_default_is_hybrid_and_scores_fuse_cosine_and_bm25(
+    table: Any, backend: LocalBackend
+) -> None:
+    """With a full-text index the default fuses both sides by score (0.7 cosine + 0.3
+    BM25 scaled to the query's best): each hit's score is exactly that sum."""
+    from corpusbatch.search import HYBRID_VECTOR_WEIGHT
+
+    query = "patch an inner tube"
+    default = search(table, query, embed=_embed(backend), k=4)
+    assert default == search(table, query, embed=_embed(backend), k=4, mode="hybrid")
+    cosine = {
+        h.id: h.score for h in search(table, query, embed=_embed(backend), k=50, mode="vector")
+    }
+    bm25 = {h.id: h.score for h in search(table, query, embed=_embed(backend), k=50, mode="fts")}
+    top = max(bm25.values())
+    for hit in default:
+        want = HYBRID_VECTOR_WEIGHT * cosine.get(hit.id, 0.0)
+        want += (1 - HYBRID_VECTOR_WEIGHT) * bm25.get(hit.id, 0.0) / top
+        assert hit.score == pytest.approx(want, abs=1e-5)
+    assert [h.score for h in default] == sorted((h.score for h in default), reverse=True)
