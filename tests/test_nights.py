@@ -515,6 +515,9 @@ class Walk:
                 self.steps.append(f"  {label} -> nothing repaired")
                 self.find(f"{label}: no repair run")
                 return
+        if outcome == "IndexNotFound" and not (settings.index_dir / "store.db").exists():
+            self.steps.append(f"  {label} -> IndexNotFound (no index yet)")
+            return
         self.outcome(label, outcome, value, fault, settings, files, False)
 
     def duplicate_rows(self, settings: Settings) -> None:
