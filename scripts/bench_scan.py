@@ -42,6 +42,7 @@ from corpusbatch.tokenizers import get_tokenizer
 
 _scan = pipeline._scan
 REPO = Path(__file__).resolve().parent.parent
+NOTES = "<!-- notes: kept by --write -->"
 DEFAULT = REPO.parent / "shared/corpora/python-peps/peps"
 
 
@@ -180,9 +181,10 @@ def main() -> None:
     print(ratio_table)
     if args.write:
         out = REPO / "docs/benchmarks/scan.md"
-        out.write_text(
-            _doc(root, len(files), mb, cores, args, load_before, load_after, table, ratio_table)
-        )
+        old = out.read_text() if out.exists() else ""
+        notes = old[old.index(NOTES) :] if NOTES in old else ""  # hand-written, kept
+        doc = _doc(root, len(files), mb, cores, args, load_before, load_after, table, ratio_table)
+        out.write_text(doc + ("\n" + notes if notes else ""))
         print(f"wrote {out}")
 
 
@@ -218,7 +220,15 @@ What is timed (warm page cache, best and median of {args.repeat} interleaved rou
 
 {table}
 
+"Cores it got" is CPU seconds over wall seconds: with the machine to itself a scan with
+N workers would get close to N. CPU time counts this process (parent) and its worker
+processes (reaped when the pool shuts down, inside the scan).
+
 {ratio_table}
+
+The estimate assumes the cores are free: the N-worker scan then takes at least its total
+CPU time spread over the cores, and at least the parent's own CPU time (which runs
+alongside the workers: it stats files and writes the store while they read and chunk).
 """
 
 
