@@ -291,10 +291,12 @@ def _scan(
                 progress.advance()
         finally:
             results.close()
+        seen |= _not_files_any_more(ctx, before - seen, on_skip)
         _guard_mass_delete(ctx, before, seen, allow_mass_delete or in_transaction)
         report.deleted_sources = store.drop_sources(seen)
         store.set_meta("root", str(root))
         store.set_meta("fingerprint", ctx.fingerprint)
+        store.set_meta("identity", ctx.identity_json)
         report.documents = _document_count(store)
     progress.finish()
     report.chunks = store.count("desired")
@@ -336,6 +338,26 @@ def _scan_job(ctx: _Context, root: Path) -> ScanJob:
         chunker=ctx.chunker.config,
         identity=ctx.identity,
     )
+
+
+def _not_files_any_more(
+    ctx: _Context, unlisted: set[str], on_skip: Callable[[str, str], None]
+) -> set[str]:
+    """Known sources that were not listed although their path still exists.
+
+    A path that is there but is no regular file now (a folder, a socket, a mount that
+    answers oddly) cannot be read; like any read error it keeps its last rows and is
+    looked at again next run. Only a path that is gone deletes its rows.
+    """
+    kept: set[str] = set()
+    for rel in sorted(unlisted):
+        path = ctx.root / rel
+        if not os.path.lexists(path) or path.is_symlink() or path.is_file():
+            continue  # gone, a symlink the walk refused, or a file now excluded
+        on_skip(rel, "cannot read file (not a regular file any more); fix it or delete it")
+        if _keep_unreadable(ctx.store, rel, ctx.fingerprint):
+            kept.add(rel)
+    return kept
 
 
 def _document_count(store: RunStore) -> int:

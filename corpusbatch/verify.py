@@ -11,6 +11,7 @@ table exactly once. Without the corpus folder the next ``index`` run republishes
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -94,11 +95,15 @@ def verify(
     paths = IndexPaths(settings.index_dir)
     if not paths.store.exists():
         raise IndexNotFound(f"no index in {paths.root}", hint="run `corpusbatch index DIR` first")
-    dims = resolve_identity(settings).dimensions
     report = VerifyReport()
     with index_lock(paths):
-        store = RunStore(paths.store, dims)
+        store = RunStore(paths.store, resolve_identity(settings).dimensions)
         try:
+            # The stored rows and vectors belong to the last scan's identity: check them
+            # against it, not against flags that may name another (other --dimensions
+            # would make every paid vector look "bad" and a repair delete it).
+            dims = _last_dimensions(store) or store.dimensions
+            store.dimensions = dims
             root = root or _last_root(store)
             _check_table(settings, store, dims, report)
             _check_store(store, dims, report)
@@ -119,6 +124,14 @@ def verify(
                 root,
             )
     return report
+
+
+def _last_dimensions(store: RunStore) -> int | None:
+    raw = store.get_meta("identity")
+    try:
+        return int(json.loads(raw)["dimensions"]) if raw else None
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _last_root(store: RunStore) -> Path | None:
@@ -202,8 +215,9 @@ def _invalidate(settings: Settings, store: RunStore, report: VerifyReport) -> No
     """Delete damaged rows from the table and bad vectors from the store, and mark the
     store dirty so that the next publish diffs the table again.
 
-    Every copy of a duplicated row is deleted; its vector is fine and stays stored, so
-    the publish puts exactly one copy back without embedding anything. Missing and
+    A duplicated row is brought back to one copy here, whatever the republish does
+    next (it may be refused, or stop on a bad key: the table must not lose the row).
+    Rows with a bad vector or text are deleted; the republish re-embeds them. Missing and
     orphaned rows need no deletion here, only that publish: a clean store means "the
     table already is the desired state" and would skip it.
     """
@@ -220,8 +234,12 @@ def _invalidate(settings: Settings, store: RunStore, report: VerifyReport) -> No
             db.execute("DELETE FROM vectors WHERE key = ?", (key,))
         if republish:
             store.mark_dirty()
-    if damaged:
-        open_table(settings).delete(sql_in("id", damaged))
+    only_duplicated = set(report.duplicated) - (damaged - set(report.duplicated))
+    broken = damaged - only_duplicated
+    if only_duplicated:
+        _keep_one_copy(settings, only_duplicated)
+    if broken:
+        open_table(settings).delete(sql_in("id", broken))
     log.info(
         "repair: dropped %d damaged rows and %d stored vectors; %d missing and %d orphaned "
         "rows are fixed by the republish",
@@ -230,3 +248,20 @@ def _invalidate(settings: Settings, store: RunStore, report: VerifyReport) -> No
         len(report.missing),
         len(report.orphaned),
     )
+
+
+def _keep_one_copy(settings: Settings, ids: set[str]) -> None:
+    """Replace every duplicated row by one copy of itself (read back from the table)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = open_table(settings)
+    rows = table.search().where(sql_in("id", ids)).limit(None).to_arrow()
+    rows = rows.drop_columns([c for c in rows.column_names if c.startswith("_")])
+    first: dict[str, int] = {}
+    for i, rid in enumerate(rows["id"].to_pylist()):
+        first.setdefault(rid, i)
+    one_each = rows.take(pa.array(sorted(first.values()))).cast(table.schema)
+    assert pc.count_distinct(one_each["id"]).as_py() == len(ids & set(first))
+    table.delete(sql_in("id", ids))
+    table.add(one_each)

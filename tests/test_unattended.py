@@ -28,11 +28,12 @@ from invariants import (
     table_rows,
 )
 
-from corpusbatch import Settings, collect, index
+from corpusbatch import Settings, collect, index, open_table
 from corpusbatch.cli import main
 from corpusbatch.errors import BackendError, MassDeleteRefused
 from corpusbatch.journal import Journal
 from corpusbatch.loading import RunStore
+from corpusbatch.verify import verify
 
 pytestmark = pytest.mark.slow
 
@@ -305,3 +306,56 @@ def test_realtime_under_sends_only_its_own_small_plan(
         assert {r.route for r in journal.files() if r.name in waiting} == {"batch"}
         assert all(r.state == "loaded" for r in journal.files() if r.name in waiting)
     check(small, root, api, clean, previous=[])
+
+
+# -- found by the many-nights walk (tests/test_nights.py) ------------------------------------
+def test_a_file_that_turned_into_a_folder_keeps_its_rows_until_it_is_back(
+    tmp_path: Path, api: FakeBatchAPI, clean: CleanBuilder
+) -> None:
+    root = make_corpus(tmp_path / "docs", 3)
+    settings = settings_for(tmp_path, api)
+    index(root, settings, api_key="k")
+    before = table_rows(settings)
+    data = (root / "doc01.md").read_bytes()
+    (root / "doc01.md").unlink()
+    (root / "doc01.md").mkdir()  # cannot be read as a document tonight
+    report = index(root, settings, api_key="k")
+    assert [s["path"] for s in report.skipped] == ["doc01.md"]
+    assert "cannot read" in report.skipped[0]["reason"] and report.deleted_sources == []
+    assert table_rows(settings) == before
+    (root / "doc01.md").rmdir()
+    (root / "doc01.md").write_bytes(data + b"\nOne more line.\n")
+    index(root, settings, api_key="k")  # read again although nothing looks changed
+    check(settings, root, api, clean, previous=before)
+
+
+def test_verify_repair_under_other_dimensions_keeps_the_paid_vectors(
+    tmp_path: Path, api: FakeBatchAPI, clean: CleanBuilder
+) -> None:
+    root = make_corpus(tmp_path / "docs", 2)
+    settings = settings_for(tmp_path, api)
+    index(root, settings, api_key="k")
+    kept = stored_keys(settings)
+    found = verify(settings_for(tmp_path, api, dimensions=16), root, repair=False)
+    assert found.bad_stored_vectors == [], "32-d vectors judged by 16-d flags"
+    assert stored_keys(settings) == kept
+    billed = api.billed.total()
+    index(root, settings, api_key="k")
+    assert api.billed.total() == billed
+    check(settings, root, api, clean, previous=[])
+
+
+def test_a_repair_whose_republish_is_refused_leaves_every_row_once(
+    tmp_path: Path, api: FakeBatchAPI
+) -> None:
+    root = make_corpus(tmp_path / "docs", 3)
+    settings = settings_for(tmp_path, api)
+    index(root, settings, api_key="k")
+    table = open_table(settings)
+    before = table_rows(settings)
+    table.add(table.to_arrow().slice(0, 2))  # two rows twice
+    shutil.rmtree(root)
+    root.mkdir()  # the republish will be refused as a mass delete
+    with pytest.raises(MassDeleteRefused):
+        verify(settings, root, repair=True, api_key="k")
+    assert table_rows(settings) == before, "the repair lost the duplicated rows"

@@ -88,7 +88,8 @@ def test_repair_without_a_root_leaves_the_next_index_to_republish(
     # The last run's folder is gone: repair can only drop the damage and note it.
     moved = docs.rename(tmp_path / "moved")
     assert verify(settings, repair=True).repaired is None
-    assert ids[0] not in id_counts(settings) and id_counts(settings)[ids[1]] == 0
+    # the duplicate is one row again at once; the missing row waits for the next index
+    assert ids[0] not in id_counts(settings) and id_counts(settings)[ids[1]] == 1
 
     index(moved, settings)  # the next run republishes everything that was dropped
     assert id_counts(settings) == Counter(ids)
