@@ -206,7 +206,7 @@ def test_indexes_are_built_and_hybrid_search_works(
         .to_arrow()["id"]
         .to_pylist()
     )
-    assert [h.id for h in search_index(query, settings, k=5, api_key="k")] == exact
+    assert [h.id for h in search_index(query, settings, k=5, mode="vector", api_key="k")] == exact
     hits = search_index("descaling vinegar", settings, k=3, mode="hybrid", api_key="k")
     fts = search_index("descaling vinegar", settings, k=3, mode="fts", api_key="k")
     assert len(hits) == 3 and fts and "descal" in fts[0].text.lower()
