@@ -271,8 +271,14 @@ class Walk:
         return "restore the root"
 
     def make_unreadable(self) -> str:
-        """Replace a listed file by a folder of the same name (a read error as root)."""
-        rel = self.xrng.choice(sorted(self.files()))
+        """Replace a listed file by a folder of the same name (a read error as root).
+
+        Only a file the last scan indexed can be "unreadable": a file added tonight that
+        is a folder by the time of the scan was never a document (seed 7 night 137)."""
+        known = sorted(set(self.files()) & set(self.scanned or {}))
+        if not known:
+            return "no indexed file to make unreadable"
+        rel = self.xrng.choice(known)
         path = self.root / rel
         self.unreadable = (rel, path.read_bytes())
         path.unlink()
