@@ -206,7 +206,16 @@ def _options(*groups: list[Any]) -> Callable[[F], F]:
     return apply
 
 
-_index_options = _options(_WHERE, _PROVIDER, _MODEL, _CHUNKING)
+_SCAN = [
+    click.option(
+        "--workers",
+        "scan_workers",
+        type=click.IntRange(min=1),
+        metavar="N",
+        help="Processes that read and chunk files (default: the cores available).",
+    ),
+]
+_index_options = _options(_WHERE, _PROVIDER, _MODEL, _CHUNKING, _SCAN)
 
 
 def _settings(*, remember: bool = True, **flags: Any) -> Settings:
@@ -325,13 +334,6 @@ def _quiet_lance(verbose: int) -> None:
 @click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @_index_options
 @click.option(
-    "--workers",
-    "scan_workers",
-    type=click.IntRange(min=1),
-    metavar="N",
-    help="Processes that read and chunk files (default: the cores available).",
-)
-@click.option(
     "--max-cost", type=float, help="Abort before any upload if the estimate (USD) is higher."
 )
 @click.option("--no-wait", is_flag=True, help="Submit and exit; a later run collects results.")
@@ -413,13 +415,6 @@ def _exit_for(report: Any) -> None:
 @main.command("plan")
 @click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @_index_options
-@click.option(
-    "--workers",
-    "scan_workers",
-    type=click.IntRange(min=1),
-    metavar="N",
-    help="Processes that read and chunk files (default: the cores available).",
-)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.pass_context
 def plan_cmd(ctx: click.Context, /, root: Path, as_json: bool, **flags: Any) -> None:
