@@ -298,12 +298,19 @@ class RunStore:
             (key, value),
         )
 
-    def keys_to_embed(self, exclude: set[str]) -> Iterator[tuple[str, str, int]]:
-        """Distinct (key, text, n_tokens) of desired rows with no vector nor failure."""
+    def keys_to_embed(
+        self, exclude: set[str], *, among_changed: bool = False
+    ) -> Iterator[tuple[str, str, int]]:
+        """Distinct (key, text, n_tokens) of desired rows with no vector nor failure.
+
+        ``among_changed`` looks only at sources marked changed, as
+        :meth:`incomplete_sources` does (a source lacking a vector always is, unless a
+        full check is due), so a nightly count does not read the whole store."""
+        scope = " AND source IN (SELECT source FROM changed)" if among_changed else ""
         cur = self.db.execute(
             "SELECT key, MIN(text), MIN(n_tokens) FROM desired"
             " WHERE key NOT IN (SELECT key FROM vectors)"
-            " AND key NOT IN (SELECT key FROM failures)"
+            f" AND key NOT IN (SELECT key FROM failures){scope}"
             " GROUP BY key ORDER BY key"
         )
         for key, text, n_tokens in cur:

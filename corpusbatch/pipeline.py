@@ -1016,7 +1016,11 @@ def _warn_other_targets(ctx: _Context) -> None:
 def _deferred_inputs(ctx: _Context) -> int:
     """Inputs the sources need that have no vector, no recorded failure and no file
     running for them: the next run sends them again."""
-    return sum(1 for _ in ctx.store.keys_to_embed(_pending_keys(ctx.base_journal)))
+    store = ctx.store
+    missing = store.keys_to_embed(
+        _pending_keys(ctx.base_journal), among_changed=not store.is_dirty()
+    )
+    return sum(1 for _ in missing)
 
 
 def collect(
