@@ -26,6 +26,7 @@ import openai
 
 from ..errors import BackendError
 from ..journal import FileRecord, Journal
+from ..loading import classify_error
 from .adapter import describe_error
 
 log = logging.getLogger(__name__)
@@ -133,11 +134,6 @@ class RealtimeRunner:
         raise AssertionError("unreachable")  # the loop always returns
 
 
-_STOP_CODES = frozenset(
-    {"insufficient_quota", "billing_hard_limit_reached", "invalid_api_key", "model_not_found"}
-)
-
-
 def _stop_if_not_about_the_input(exc: openai.APIStatusError) -> None:
     """Stop the run on answers about the key, the account or the model, not the input.
 
@@ -145,9 +141,8 @@ def _stop_if_not_about_the_input(exc: openai.APIStatusError) -> None:
     file ``planned`` with every answered line on disk, so the next run (with the key or
     quota fixed) sends only the rest.
     """
-    error = _error_body(exc)["error"]
-    code = str(error.get("code") or error.get("type") or "")
-    if exc.status_code in (401, 402, 403, 404) or code in _STOP_CODES:
+    _, _, kind = classify_error(exc.status_code, _error_body(exc)["error"])
+    if kind == "stop":  # the one classifier the loader uses too
         raise BackendError(
             f"the real-time embeddings API answered {exc.status_code}: {describe_error(exc)}",
             hint="check the API key, the account's quota and --model; nothing is lost, run "
