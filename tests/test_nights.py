@@ -38,6 +38,7 @@ import subprocess
 import sys
 import time
 import traceback
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -58,7 +59,7 @@ from invariants import (
 )
 
 import corpusbatch
-from corpusbatch import Settings, collect
+from corpusbatch import Settings, collect, scanning
 from corpusbatch.errors import CorpusbatchError
 
 pytestmark = pytest.mark.slow
@@ -182,6 +183,7 @@ class Walk:
     xrng: random.Random = field(default_factory=random.Random)
     unreadable: tuple[str, bytes] | None = None  # a file replaced by a folder tonight
     scanned_keep: set[str] = field(default_factory=set)  # unreadable at the last scan
+    workers: int = 1  # scan processes tonight (see _workers_for)
 
     # ------------------------------------------------------------------- settings ---
     def settings(self) -> Settings:
@@ -197,6 +199,7 @@ class Walk:
             limits=dict(LIMITS),
             realtime_under=self.ident.realtime_under,
             missing_batch_grace=MISSING_GRACE,
+            scan_workers=self.workers,
         )
 
     # -------------------------------------------------------------------- corpus ---
@@ -646,6 +649,9 @@ class Walk:
         if rng.random() < 0.12:
             self.ident.realtime_under = rng.choice([None, 400])
             notes.append(f"realtime-under {self.ident.realtime_under}")
+        if _workers_for(self.night) != self.workers:
+            self.workers = _workers_for(self.night)
+            notes.append(f"scan workers {self.workers}")
         ops = ["index", "no-wait", "collect", "plan", "verify", "kill"]
         op = rng.choices(
             ops, [w * _on(o) for o, w in zip(ops, [40, 16, 10, 8, 8, 9], strict=True)]
@@ -747,9 +753,17 @@ def _cli(
         args += ["--input-prefix", settings.input_prefix]
     if settings.realtime_under:
         args += ["--realtime-under", str(settings.realtime_under)]
+    if settings.scan_workers:
+        args += ["--workers", str(settings.scan_workers)]
     path = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO)]))
     env = dict(os.environ, OPENAI_API_KEY=api_key, PYTHONPATH=path)
     return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _workers_for(night: int) -> int:
+    """Scan processes for a night: 1 or 2, fixed by the night number so that no random
+    stream of the walk is disturbed (older seeds replay as before)."""
+    return 1 + zlib.crc32(f"workers {night}".encode()) % 2
 
 
 def run_walk(seed: int, nights: int, tmp: Path) -> Walk:
@@ -778,7 +792,10 @@ def run_walk(seed: int, nights: int, tmp: Path) -> Walk:
         return walk
 
 
-def test_many_nights(tmp_path: Path) -> None:
+def test_many_nights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # nights with 2 scan workers use the process pool even on this small corpus (the CLI
+    # runs of kill steps keep the real threshold and scan in-process)
+    monkeypatch.setattr(scanning, "MIN_POOL_BYTES", 0)
     t0 = time.monotonic()
     walk = run_walk(SEED, NIGHTS, tmp_path)
     took = time.monotonic() - t0
