@@ -179,6 +179,8 @@ def table_problems(
     previous: list[Row],
     incomplete: Iterable[str] = (),
     unreadable: Iterable[str] = (),
+    last_scanned: Mapping[str, bytes] | None = None,
+    same_identity: bool = True,
     refused: bool = False,
 ) -> list[str]:
     """How the published table differs from what the run must leave.
@@ -217,10 +219,18 @@ def table_problems(
     for src in sorted(set(have_by) | set(want_by) | incomplete | unreadable):
         have = have_by.get(src, [])
         if src in unreadable:
-            if have != prev_by.get(src, []):
+            # kept: its last published rows, or the rows of what the last scan read of
+            # it once their vectors arrived; under a new identity neither can stay
+            ok = [prev_by.get(src, [])]
+            if last_scanned and src in last_scanned:
+                ok.append(_by_source(clean.rows({src: last_scanned[src]}, settings)).get(src, []))
+            if not same_identity:
+                ok.append([])
+            if have not in ok:
                 problems.append(
                     f"{src}: could not be read but its {len(have)} rows are not the "
                     f"{len(prev_by.get(src, []))} rows of the last published table"
+                    " (nor those of its last scanned content)"
                 )
             continue
         if src in incomplete and src in files:

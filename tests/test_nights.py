@@ -352,6 +352,8 @@ class Walk:
         *,
         refused: bool = False,
         keep: set[str] | None = None,
+        last_scanned: dict[str, bytes] | None = None,
+        last_settings: Settings | None = None,
     ) -> None:
         if report is not None and not report.published and not refused:
             # nothing committed: a change of identity waits for every source (the whole
@@ -369,6 +371,8 @@ class Walk:
             previous=self.previous,
             incomplete=incomplete,
             unreadable=unreadable,
+            last_scanned=last_scanned,
+            same_identity=last_settings is None or _identity(last_settings) == _identity(settings),
             refused=refused,
         )
         done = report is not None and not incomplete and not report.pending_files
@@ -445,15 +449,16 @@ class Walk:
                 return
             self.find(f"{label}: unexpected {outcome}: {value}")
             return
+        last = {"last_scanned": self.scanned, "last_settings": self.scanned_settings}
         if label == "collect":  # no scan: sources unreadable at the last one keep rows
-            self.check_table(files, settings, value, keep=self.scanned_keep)
+            self.check_table(files, settings, value, keep=self.scanned_keep, **last)
             return
         for rel in sorted(known - unreadable_sources(value)):
             skipped = [s for s in value.skipped if s.get("path") == rel]
             self.find(f"{rel} (a folder now) not reported as unreadable; skipped: {skipped}")
         self.scanned, self.scanned_settings = files, settings
         self.scanned_keep = known | unreadable_sources(value)
-        self.check_table(files, settings, value, keep=known)
+        self.check_table(files, settings, value, keep=known, **last)
 
     def most_gone(self, files: dict[str, bytes]) -> bool:
         """Whether the mass-delete guard may refuse this scan: of at least 10 known
@@ -758,6 +763,10 @@ def _cli(
     path = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO)]))
     env = dict(os.environ, OPENAI_API_KEY=api_key, PYTHONPATH=path)
     return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _identity(settings: Settings) -> tuple[Any, ...]:
+    return (settings.model, settings.dimensions, settings.input_prefix, settings.chunk_tokens)
 
 
 def _workers_for(night: int) -> int:
