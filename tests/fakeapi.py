@@ -244,6 +244,13 @@ class FakeBatchAPI:
         # any input containing this substring makes its request fail with 400 invalid
         # input (an output line in batches, the whole HTTP request in real time)
         self.poison: str | None = None
+        # --- benchmark knobs (scripts/bench_scale.py) ---------------------------------
+        # instant: a created batch runs to its end before create answers (the first
+        # retrieve already sees it completed)
+        self.instant = False
+        # lean: keep no per-text observations (processed, billed) and drop a batch's
+        # parsed lines once it ends, so a million inputs do not pile up in the fake
+        self.lean = False
         self._kills: dict[str, list[int]] = {}  # point -> [pid, hits left]
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
@@ -540,6 +547,8 @@ class FakeBatchAPI:
                 batch.vanish = self.vanish_batches.pop(0)
             batch.n_bytes = len(f.data)
             self._parse_input(batch, f.data)
+            while self.instant and batch.status not in TERMINAL and batch.vanish != -1:
+                self._advance(batch)
             tokens, lines = self.enqueued()
             self.max_enqueued_tokens = max(self.max_enqueued_tokens, tokens)
             self.max_enqueued_requests = max(self.max_enqueued_requests, lines)
@@ -689,6 +698,8 @@ class FakeBatchAPI:
         batch.counts = {"total": len(batch.lines), "completed": n_ok, "failed": len(bad)}
         batch.status = status
         batch.times[f"{status}_at"] = int(time.time())
+        if self.lean:
+            batch.lines = []
 
     def _damage_output(self, ok: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[bytes]:
         """Apply malformed_next / drop_lines_next to a finishing batch's good lines."""
@@ -769,8 +780,9 @@ class FakeBatchAPI:
         data = []
         for i, text in enumerate(texts):
             vec = fake_vector(text, dims)
-            counter[text] += 1
-            self.billed[(model, dims, text)] += 1
+            if not self.lean:
+                counter[text] += 1
+                self.billed[(model, dims, text)] += 1
             emb: Any = base64.b64encode(vec.tobytes()).decode() if b64 else vec.tolist()
             data.append({"object": "embedding", "index": i, "embedding": emb})
         tokens = sum(self.count_tokens(t) for t in texts)
