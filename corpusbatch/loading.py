@@ -1,18 +1,21 @@
 """Loading: output JSONL -> vector store -> the published LanceDB table.
 
-Two steps, so that a table reader never sees a half-updated index:
+Two steps, so that a table reader never loses a row of a complete source:
 
 1. :func:`load_output` streams one output file (and its error file) line by line,
    checks every line (known ``custom_id``, status, index range, dimension, finite
-   values), and stores the good vectors in the run store (SQLite, ``store.db``) in one
-   transaction per file. This happens as soon as a batch finishes, so paid work is on
-   disk at once; loading the same file twice is harmless (vectors are keyed by content).
-2. :func:`publish` moves the table to the newest complete state *per source* in a single
-   ``merge_insert`` commit: a source is complete when each of its desired rows has a
-   stored vector or failed for good. Complete sources get exactly their desired rows
-   (new and changed rows upserted, stale rows deleted); sources still in flight keep
-   their last published rows untouched; rows of sources that are gone are deleted.
-   Unchanged rows are not rewritten; a run that changes nothing writes nothing.
+   values), and stores the good vectors in the staging table (LanceDB, see
+   :mod:`corpusbatch.staging`), then records their keys in the run store (SQLite,
+   ``store.db``) in one transaction per file. This happens as soon as a batch finishes,
+   so paid work is on disk at once; loading the same file twice is harmless (vectors
+   are keyed by content).
+2. :func:`publish` moves the table to the newest complete state *per source* with one
+   ``merge_insert`` commit and then one delete by id: a source is complete when each
+   of its desired rows has a vector or failed for good. Complete sources get exactly
+   their desired rows (new and changed rows upserted, stale rows deleted); sources
+   still in flight keep their last published rows untouched; rows of sources that are
+   gone are deleted. Unchanged rows are not rewritten; a run that changes nothing
+   writes nothing. Published vectors leave staging: each vector is stored once.
 
 The run store also holds the *desired* rows of the current run (what the sources say
 the table should contain) and the permanent failures, so that a killed run resumes
@@ -60,6 +63,8 @@ import numpy as np
 import pyarrow as pa
 
 from .errors import LoadError
+from .staging import LOOKUP_CHUNK, Staging, lookup, quoted_in
+from .staging import vector_bytes as staging_bytes
 from .types import Chunk, EmbeddingIdentity, content_hash, row_id, vector_key
 
 log = logging.getLogger(__name__)
@@ -102,6 +107,7 @@ CREATE TABLE IF NOT EXISTS desired (
 );
 CREATE INDEX IF NOT EXISTS desired_key ON desired(key);
 CREATE INDEX IF NOT EXISTS desired_source ON desired(source);
+CREATE INDEX IF NOT EXISTS desired_content ON desired(content_hash);
 CREATE TABLE IF NOT EXISTS sources (
     source TEXT PRIMARY KEY,
     sha256 TEXT NOT NULL,
@@ -113,13 +119,6 @@ CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS vectors (
-    key TEXT PRIMARY KEY,
-    vector BLOB NOT NULL,
-    custom_id TEXT NOT NULL,
-    file_name TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS vectors_file ON vectors(file_name);
 CREATE TABLE IF NOT EXISTS changed (
     source TEXT PRIMARY KEY
 );
@@ -130,6 +129,31 @@ CREATE TABLE IF NOT EXISTS failures (
     code TEXT,
     message TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS content_of (
+    key TEXT PRIMARY KEY,
+    content_hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS gc (
+    content_hash TEXT PRIMARY KEY
+);
+CREATE TABLE IF NOT EXISTS unstage (
+    key TEXT PRIMARY KEY
+);
+"""
+# Which keys have a vector, and where it came from. The vector itself is in the staging
+# table (waiting, see corpusbatch/staging.py) or in the published table (its `key`
+# column): never here. `content_hash` (of the chunk text, any identity) is what garbage
+# collection goes by: a vector is kept while some desired row has its text, under this
+# identity or another one (so switching back costs nothing).
+_VECTORS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS vectors (
+    key TEXT PRIMARY KEY,
+    custom_id TEXT NOT NULL,
+    file_name TEXT NOT NULL,
+    content_hash TEXT
+);
+CREATE INDEX IF NOT EXISTS vectors_file ON vectors(file_name);
+CREATE INDEX IF NOT EXISTS vectors_content ON vectors(content_hash);
 """
 
 
@@ -178,9 +202,10 @@ class LoadResult:
 class RunStore:
     """SQLite store of desired rows, embedded vectors and permanent failures."""
 
-    def __init__(self, path: Path, dimensions: int) -> None:
+    def __init__(self, path: Path, dimensions: int, staging: Path | None = None) -> None:
         self.path = path
         self.dimensions = dimensions
+        self.staging = Staging(staging or path.with_name("staging"))
         path.parent.mkdir(parents=True, exist_ok=True)
         # check_same_thread=False: LanceDB pulls publish batches from its own thread while
         # this thread waits; the connection is never used by two threads at once.
@@ -192,6 +217,39 @@ class RunStore:
         # while its vectors were never synced here.
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_STORE_SCHEMA)
+        self._migrate_vectors()
+        self.db.executescript(_VECTORS_SCHEMA)
+
+    def _migrate_vectors(self) -> None:
+        """Move vectors out of an older store.db (which kept them as blobs) to staging.
+
+        Crash-safe: the blobs are appended to staging first (a repeated move leaves
+        duplicates that readers tolerate), then one transaction swaps the SQLite table
+        for the blob-less one; VACUUM returns the space.
+        """
+        cols = {r[1] for r in self.db.execute("PRAGMA table_info(vectors)")}
+        if "vector" not in cols:
+            return
+        total = self.count("vectors")
+        log.warning("moving %d stored vectors from %s to the staging table", total, self.path)
+        cur = self.db.execute("SELECT key, vector FROM vectors")
+        while rows := cur.fetchmany(8192):
+            self.staging.add(rows)
+        with self.transaction() as db:
+            db.execute("ALTER TABLE vectors RENAME TO vectors_blobs")
+            db.execute("DROP INDEX IF EXISTS vectors_file")
+            for statement in _VECTORS_SCHEMA.split(";"):  # (executescript would commit)
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(
+                "INSERT INTO vectors (key, custom_id, file_name, content_hash)"
+                " SELECT b.key, b.custom_id, b.file_name,"
+                " (SELECT d.content_hash FROM desired d WHERE d.key = b.key LIMIT 1)"
+                " FROM vectors_blobs b"
+            )
+            db.execute("DROP TABLE vectors_blobs")
+        self.db.execute("VACUUM")
+        self.staging.maintain()
 
     def close(self) -> None:
         self.db.close()
@@ -219,6 +277,7 @@ class RunStore:
         if rows is None:
             return 0
         self.mark_changed([source])
+        self._leaving("source = ?", (source,))
         self.db.execute("DELETE FROM desired WHERE source = ?", (source,))
         cur = self.db.executemany(
             "INSERT OR REPLACE INTO desired (id, key, source, heading, start_line, end_line,"
@@ -231,10 +290,26 @@ class RunStore:
         """Forget every source not in ``keep`` (and its rows); call inside a transaction."""
         gone = [s for (s,) in self.db.execute("SELECT source FROM sources") if s not in keep]
         for source in gone:
+            self._leaving("source = ?", (source,))
             self.db.execute("DELETE FROM desired WHERE source = ?", (source,))
             self.db.execute("DELETE FROM sources WHERE source = ?", (source,))
         self.mark_changed(gone)
         return gone
+
+    def _leaving(self, where: str, args: tuple[Any, ...]) -> None:
+        """Desired rows matching ``where`` are about to go: their texts become garbage
+        collection candidates, and the text of a key with no vector yet (perhaps in
+        flight under this identity) is remembered for when its vector arrives."""
+        self.db.execute(
+            "INSERT OR IGNORE INTO gc (content_hash)"
+            f" SELECT content_hash FROM desired WHERE {where}",
+            args,
+        )
+        self.db.execute(
+            "INSERT OR IGNORE INTO content_of (key, content_hash) SELECT key, content_hash"
+            f" FROM desired WHERE {where} AND key NOT IN (SELECT key FROM vectors)",
+            args,
+        )
 
     # What the next publish must look at. Normally the sources in `changed`: their
     # rows were rescanned or dropped, or vectors or failures arrived for their keys, so
@@ -371,34 +446,160 @@ class RunStore:
 
     # -- vectors ------------------------------------------------------------------
     def add_vectors(self, rows: Iterable[tuple[str, bytes, str, str]]) -> int:
-        """Insert (key, float32 bytes, custom_id, file_name); existing keys are kept.
+        """Store (key, float32 bytes, custom_id, file_name); keys already known are kept.
 
-        The sources that use the new vectors are marked changed, in the same commit.
+        The vectors go to the staging table a part at a time (bounded memory); then one
+        SQLite transaction records their keys and marks the sources that use them
+        changed. A crash in between leaves staged vectors SQLite does not know: loading
+        the file again stores them again, and :meth:`sweep_staging` drops the strays.
         """
-        files: set[str] = set()
-
-        def noting(rows: Iterable[tuple[str, bytes, str, str]]) -> Iterator[tuple[Any, ...]]:
-            for row in rows:
-                files.add(row[3])
-                yield row
-
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            before = self.db.total_changes
-            self.db.executemany(
-                "INSERT OR IGNORE INTO vectors (key, vector, custom_id, file_name)"
-                " VALUES (?,?,?,?)",
-                noting(rows),
+        noted: list[tuple[str, str, str]] = []
+        part: list[tuple[str, bytes, str, str]] = []
+        for row in rows:
+            part.append(row)
+            if len(part) >= 4096:
+                noted += self._stage(part)
+                part = []
+        noted += self._stage(part)
+        if not noted:
+            return 0
+        with self.transaction() as db:
+            before = db.total_changes
+            db.executemany(
+                "INSERT OR IGNORE INTO vectors (key, custom_id, file_name, content_hash)"
+                " VALUES (?1, ?2, ?3, COALESCE((SELECT content_hash FROM desired"
+                " WHERE key = ?1 LIMIT 1), (SELECT content_hash FROM content_of WHERE key = ?1)))",
+                noted,
             )
-            added = self.db.total_changes - before
-            if added:
-                for name in files:
-                    self._mark_changed_keys("SELECT key FROM vectors WHERE file_name = ?", (name,))
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+            added = db.total_changes - before
+            for i in range(0, len(noted), 500):
+                part_keys = tuple(r[0] for r in noted[i : i + 500])
+                q = ", ".join("?" * len(part_keys))
+                db.execute(f"DELETE FROM content_of WHERE key IN ({q})", part_keys)
+                self._mark_changed_keys(q, part_keys)
         return added
+
+    def _stage(self, rows: list[tuple[str, bytes, str, str]]) -> list[tuple[str, str, str]]:
+        """Append the rows whose key has no vector yet to staging (first copy wins)."""
+        if not rows:
+            return []
+        known = self._have([r[0] for r in rows])
+        fresh: dict[str, tuple[str, bytes, str, str]] = {}
+        for r in rows:
+            if r[0] not in known and r[0] not in fresh:
+                fresh[r[0]] = r
+        self.staging.add([(k, r[1]) for k, r in fresh.items()])
+        return [(k, r[2], r[3]) for k, r in fresh.items()]
+
+    def desired_among(self, keys: Sequence[str]) -> set[str]:
+        """The keys among ``keys`` that some desired row uses."""
+        have: set[str] = set()
+        for i in range(0, len(keys), 500):
+            part = keys[i : i + 500]
+            q = ", ".join("?" * len(part))
+            have.update(
+                k for (k,) in self.db.execute(f"SELECT key FROM desired WHERE key IN ({q})", part)
+            )
+        return have
+
+    def _have(self, keys: Sequence[str]) -> set[str]:
+        have: set[str] = set()
+        for i in range(0, len(keys), 500):
+            part = keys[i : i + 500]
+            q = ", ".join("?" * len(part))
+            have.update(
+                k for (k,) in self.db.execute(f"SELECT key FROM vectors WHERE key IN ({q})", part)
+            )
+        return have
+
+    def adopt(self, table: Any, keys: Sequence[str]) -> int:
+        """Record the ``keys`` that the published ``table`` already holds a vector for.
+
+        The table is the cache of everything published: a text that comes back (a
+        revert, a copied file) after its vector was collected here is found there,
+        and costs nothing. Returns how many keys were adopted.
+        """
+        found: list[tuple[str, str, str, str | None]] = []
+        for i in range(0, len(keys), LOOKUP_CHUNK):
+            got = (
+                table.search()
+                .where(quoted_in("key", keys[i : i + LOOKUP_CHUNK]))
+                .select(["key", "custom_id", "content_hash"])
+                .limit(None)
+                .to_arrow()
+            )
+            found += [
+                (k, c or "", "(published table)", h)
+                for k, c, h in zip(
+                    got["key"].to_pylist(),
+                    got["custom_id"].to_pylist(),
+                    got["content_hash"].to_pylist(),
+                    strict=True,
+                )
+            ]
+        if found:
+            with self.transaction() as db:
+                db.executemany(
+                    "INSERT OR IGNORE INTO vectors (key, custom_id, file_name, content_hash)"
+                    " VALUES (?,?,?,?)",
+                    found,
+                )
+                part = tuple({f[0] for f in found})
+                for i in range(0, len(part), 500):
+                    sub = part[i : i + 500]
+                    self._mark_changed_keys(", ".join("?" * len(sub)), sub)
+        return len({f[0] for f in found})
+
+    def forget_vectors(self, keys: Collection[str]) -> None:
+        """Forget that ``keys`` have vectors (none could be found): their sources are
+        incomplete again and the next run embeds them."""
+        ordered = sorted(keys)
+        with self.transaction() as db:
+            for i in range(0, len(ordered), 500):
+                part = tuple(ordered[i : i + 500])
+                q = ", ".join("?" * len(part))
+                self._mark_changed_keys(q, part)
+                db.execute(f"DELETE FROM vectors WHERE key IN ({q})", part)
+        self.staging.delete(ordered)
+
+    def collect_garbage(self) -> int:
+        """Drop vectors whose text no desired row has any more (under any identity).
+
+        Candidates are the texts of desired rows replaced or dropped since the last
+        collection. Vectors of published rows are dropped by the publish that deletes
+        the rows; here their keys are forgotten and staged copies deleted. Returns how
+        many vectors were collected.
+        """
+        dead: list[str] = []
+        cur = self.db.execute(
+            "SELECT v.key FROM gc g JOIN vectors v ON v.content_hash = g.content_hash"
+            " WHERE NOT EXISTS (SELECT 1 FROM desired d WHERE d.content_hash = g.content_hash)"
+        )
+        dead = [k for (k,) in cur]
+        with self.transaction() as db:
+            for i in range(0, len(dead), 500):
+                part = tuple(dead[i : i + 500])
+                db.execute(f"DELETE FROM vectors WHERE key IN ({', '.join('?' * len(part))})", part)
+            db.execute(
+                "DELETE FROM content_of WHERE content_hash IN (SELECT content_hash FROM gc)"
+                " AND NOT EXISTS (SELECT 1 FROM desired d"
+                " WHERE d.content_hash = content_of.content_hash)"
+            )
+            db.execute("DELETE FROM gc")
+        self.staging.delete(dead)
+        if dead:
+            log.info("collected %d vectors no source uses any more", len(dead))
+        return len(dead)
+
+    def sweep_staging(self) -> int:
+        """Delete staged vectors whose key this store does not know (left by a crash
+        between the staging append and the SQLite commit)."""
+        stray: list[str] = []
+        for keys in self.staging.key_batches():
+            known = self._have(keys)
+            stray += [k for k in keys if k not in known]
+        self.staging.delete(set(stray))
+        return len(stray)
 
     def record_failures(self, failures: Iterable[FailedInput], file_name: str) -> None:
         """Record inputs rejected for good; their sources are marked changed."""
@@ -432,15 +633,21 @@ class RunStore:
 
 
 class _Tx:
+    """One transaction; inside one already open (a dry run's), just part of it."""
+
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
+        self.outer = False
 
     def __enter__(self) -> sqlite3.Connection:
-        self.db.execute("BEGIN IMMEDIATE")
+        self.outer = self.db.in_transaction
+        if not self.outer:
+            self.db.execute("BEGIN IMMEDIATE")
         return self.db
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if not self.outer:
+            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
 def desired_rows(chunks: Iterable[Chunk], identity: EmbeddingIdentity) -> Iterator[tuple[Any, ...]]:
@@ -717,7 +924,8 @@ def load_output(
 # metadata. A table written by an older layout therefore has another identity: the next
 # `index` or `collect` rebuilds it in one commit from the stored vectors (no embedding),
 # see :func:`table_is_current`. 1: flat columns only. 2: adds `doc_id` and `metadata`.
-TABLE_SCHEMA_VERSION = 2
+# 3: adds `key` (the content-addressed vector key: the table is the vector cache).
+TABLE_SCHEMA_VERSION = 3
 
 # What a citation needs, as one struct: LangChain's and LlamaIndex's LanceDB stores read
 # a chunk's metadata from a column named `metadata` (struct -> dict).
@@ -756,6 +964,7 @@ def table_schema(identity: EmbeddingIdentity, settings_blob: dict[str, Any]) -> 
             pa.field("model", pa.string()),
             pa.field("doc_id", pa.string()),
             pa.field("metadata", METADATA_TYPE),
+            pa.field("key", pa.string()),
         ],
         metadata=meta,
     )
@@ -786,13 +995,14 @@ def table_is_current(db: Any, name: str) -> bool:
     return schema_version(table.schema) == TABLE_SCHEMA_VERSION
 
 
-def _arrow_batch(rows: list[tuple[Any, ...]], schema: pa.Schema, model: str) -> pa.RecordBatch:
+def _arrow_batch(
+    rows: list[tuple[Any, ...]], vectors: list[bytes], schema: pa.Schema, model: str
+) -> pa.RecordBatch:
     dim = schema.field("vector").type.list_size
     cols = list(zip(*rows, strict=True))
-    flat = np.frombuffer(b"".join(cols[9]), dtype="<f4")
+    flat = np.frombuffer(b"".join(vectors), dtype="<f4")
     if flat.size != dim * len(rows):
         raise LoadError("stored vectors have the wrong dimension", hint="run `corpusbatch verify`")
-    vectors = pa.FixedSizeListArray.from_arrays(pa.array(flat, type=pa.float32()), dim)
     ids = pa.array(cols[0], pa.string())
     sources = pa.array(cols[2], pa.string())
     headings = pa.array(cols[3], pa.string())
@@ -803,7 +1013,7 @@ def _arrow_batch(rows: list[tuple[Any, ...]], schema: pa.Schema, model: str) -> 
     )
     arrays = [
         ids,
-        vectors,
+        pa.FixedSizeListArray.from_arrays(pa.array(flat, type=pa.float32()), dim),
         pa.array(cols[7], pa.string()),
         sources,
         headings,
@@ -811,17 +1021,18 @@ def _arrow_batch(rows: list[tuple[Any, ...]], schema: pa.Schema, model: str) -> 
         ends,
         pa.array(cols[6], pa.int32()),
         pa.array(cols[8], pa.string()),
-        pa.array(cols[10], pa.string()),
+        pa.array(cols[9], pa.string()),
         pa.array([model] * len(rows), pa.string()),
         sources,
         metadata,
+        pa.array(cols[1], pa.string()),
     ]
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
 _ROW_SELECT = (
     "SELECT d.id, d.key, d.source, d.heading, d.start_line, d.end_line, d.n_tokens, d.text,"
-    " d.content_hash, v.vector, v.custom_id FROM desired d JOIN vectors v ON v.key = d.key"
+    " d.content_hash, v.custom_id FROM desired d JOIN vectors v ON v.key = d.key"
 )
 
 
@@ -829,8 +1040,7 @@ def stage_ids(store: RunStore, ids: set[str]) -> None:
     """Put ``ids`` in a temp table that :func:`iter_row_batches` can join on.
 
     A nightly publish touches a few rows of a large table; joining on the changed ids in
-    SQLite reads just those rows, where filtering in Python would read every row's text
-    and vector.
+    SQLite reads just those rows, where filtering in Python would read every row's text.
     """
     store.db.execute("CREATE TEMP TABLE IF NOT EXISTS publish_ids (id TEXT PRIMARY KEY)")
     store.db.execute("DELETE FROM publish_ids")
@@ -844,10 +1054,41 @@ def _stage_sources(store: RunStore, name: str, sources: Collection[str]) -> None
     store.db.executemany(f"INSERT INTO {name} (source) VALUES (?)", ((s,) for s in sources))
 
 
+class VectorFinder:
+    """Finds the vector of each key: in staging, else in the published table.
+
+    Remembers which keys came from staging (deleted there once the publish has
+    committed, as the table holds them then) and which were found nowhere.
+    """
+
+    def __init__(self, store: RunStore, table: Any | None) -> None:
+        self.store = store
+        self.table = table  # the published table, if it has this identity and a key column
+        self.from_staging: set[str] = set()
+        self.missing: set[str] = set()
+        self.skipped_rows = 0  # rows left out because their vector is nowhere
+
+    def find(self, keys: Sequence[str]) -> dict[str, bytes]:
+        wanted = list(dict.fromkeys(keys))
+        got = self.store.staging.fetch(wanted)
+        fresh = [k for k in got if k not in self.from_staging]
+        if fresh:  # for finish_unstaging, should the publish be killed after its commit
+            self.store.db.executemany(
+                "INSERT OR IGNORE INTO unstage (key) VALUES (?)", ((k,) for k in fresh)
+            )
+        self.from_staging.update(fresh)
+        rest = [k for k in wanted if k not in got]
+        if rest and self.table is not None:
+            got.update(lookup(self.table, rest))
+        self.missing.update(k for k in rest if k not in got)
+        return got
+
+
 def iter_row_batches(
     store: RunStore,
     schema: pa.Schema,
     model: str,
+    finder: VectorFinder,
     *,
     staged_only: bool = False,
     skip_sources: Collection[str] = (),
@@ -856,7 +1097,8 @@ def iter_row_batches(
 ) -> Iterator[pa.RecordBatch]:
     """Desired rows that have a vector, as Arrow batches.
 
-    Only staged ids (:func:`stage_ids`) if asked; never rows of ``skip_sources``.
+    Only staged ids (:func:`stage_ids`) if asked; never rows of ``skip_sources``. A row
+    whose vector ``finder`` cannot find is left out (its key ends in ``finder.missing``).
     """
     sql = _ROW_SELECT
     if staged_only:
@@ -866,7 +1108,11 @@ def iter_row_batches(
         sql += " WHERE d.source NOT IN (SELECT source FROM publish_skip)"
     cur = store.db.execute(sql + " ORDER BY d.source, d.start_line, d.id")
     while rows := cur.fetchmany(batch_rows):
-        yield _arrow_batch(rows, schema, model)
+        found = finder.find([r[1] for r in rows])
+        kept = [r for r in rows if r[1] in found]
+        finder.skipped_rows += len(rows) - len(kept)
+        if kept:
+            yield _arrow_batch(kept, [found[r[1]] for r in kept], schema, model)
         if on_rows is not None:
             on_rows(len(rows))
 
@@ -947,13 +1193,12 @@ def diff_against_table(
 
 def sql_in(column: str, values: Iterable[str]) -> str:
     """A SQL ``IN`` filter for hex/identifier-like values (quotes are escaped)."""
-    quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in sorted(values))
-    return f"{column} IN ({quoted})"
+    return quoted_in(column, sorted(values))
 
 
 def _current_rows(table: Any, sources: Collection[str] | None = None) -> pa.Table:
-    """id, source, heading and lines of the table's rows (only of ``sources`` if given)."""
-    cols = ["id", "source", "heading", "start_line", "end_line"]
+    """id, key, source, heading and lines of the table's rows (only of ``sources``)."""
+    cols = ["id", "key", "source", "heading", "start_line", "end_line"]
     if sources is None:
         return table.search().select(cols).limit(None).to_arrow()
     parts = []
@@ -974,36 +1219,78 @@ def publish(
     model: str,
     on_rows: Callable[[int], None] | None = None,
 ) -> PublishResult:
-    """Bring every complete source's rows in the table up to date, in one commit.
+    """Bring every complete source's rows in the table up to date.
 
     A source is complete when each of its desired rows has a vector or failed for good
     (:meth:`RunStore.incomplete_sources`). Complete sources get exactly their desired
-    rows that have vectors (upserted; stale rows deleted) by one ``merge_insert``;
-    sources still in flight keep their last published rows untouched; rows of sources
-    no longer desired are deleted. Nothing is written when nothing changed, and no table
-    is created while no row can be published. If the table was built with another index
-    identity (model, dimensions, prefix, chunker; kept in the schema metadata) it is
-    replaced whole by one overwrite commit once every source is complete (until then it
-    is left as it is: vectors of two models never mix). Readers see the old or the new
-    table, never a mix.
+    rows that have vectors: new and changed rows are upserted by one ``merge_insert``,
+    then stale rows are deleted by id (both sized to the change, never a whole-table
+    join; a reader between the two commits sees the new rows next to the stale ones,
+    never fewer rows). Sources still in flight keep their last published rows; rows of
+    sources no longer desired are deleted. Nothing is written when nothing changed, and
+    no table is created while no row can be published. If the table was built with
+    another index identity (model, dimensions, prefix, chunker, layout; kept in the
+    schema metadata) it is replaced whole by one overwrite commit once every source is
+    complete (until then it is left as it is: vectors of two models never mix).
+
+    Vectors come from the staging table and leave it once the table holds them; the
+    published table's own rows supply the vectors of rows that move.
     """
     table = db.open_table(table_name) if _table_exists(db, table_name) else None
-    full = table is None or store.is_dirty() or _identity_of(table.schema) != _identity_of(schema)
+    same = table is not None and _identity_of(table.schema) == _identity_of(schema)
+    if same:
+        finish_unstaging(store, table)  # a publish killed after its commit
+    full = not same or store.is_dirty()
     incomplete = store.incomplete_sources(among_changed=not full)
+    finder = VectorFinder(store, table if same else None)
     if table is None:
-        result = _create(db, table_name, store, schema, model, skip=incomplete, on_rows=on_rows)
-    elif _identity_of(table.schema) != _identity_of(schema):
-        result = _rebuild(db, table, table_name, store, schema, model, incomplete, on_rows)
+        result = _create(
+            db, table_name, store, schema, model, finder, skip=incomplete, on_rows=on_rows
+        )
+    elif not same:
+        result = _rebuild(db, table, table_name, store, schema, model, finder, incomplete, on_rows)
     elif full:
-        result = _update(table, store, schema, model, incomplete, None, on_rows)
+        result = _update(table, store, schema, model, finder, incomplete, None, on_rows)
     else:
         changed = set(store.changed_sources()) - set(incomplete)
-        result = _update(table, store, schema, model, incomplete, changed, on_rows)
+        result = _update(table, store, schema, model, finder, incomplete, changed, on_rows)
         result.published_sources = sorted(changed)
     result.incomplete_sources = incomplete
+    if result.version is not None and not result.deferred_rebuild:
+        _unstage(store, finder)
+    if finder.missing:
+        log.warning(
+            "%d vectors recorded as stored could not be found; their sources will be "
+            "embedded again by the next run",
+            len(finder.missing),
+        )
+        store.forget_vectors(finder.missing)
     if incomplete:
         log.info("%d sources still in flight keep their published rows", len(incomplete))
     return result
+
+
+def _unstage(store: RunStore, finder: VectorFinder) -> None:
+    """The table holds what came from staging now: delete it there."""
+    store.staging.delete(finder.from_staging)
+    store.db.execute("DELETE FROM unstage")
+
+
+def finish_unstaging(store: RunStore, table: Any) -> None:
+    """Finish what a publish killed after its commit left: staged vectors that the
+    table holds now are deleted from staging (the others stay)."""
+    keys = [k for (k,) in store.db.execute("SELECT key FROM unstage")]
+    if not keys:
+        return
+    store.staging.delete(set(lookup(table, keys)))
+    store.db.execute("DELETE FROM unstage")
+
+
+def _nonempty(batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> pa.RecordBatchReader | None:
+    first = next(batches, None)
+    if first is None:
+        return None
+    return pa.RecordBatchReader.from_batches(schema, itertools.chain([first], batches))
 
 
 def _update(
@@ -1011,6 +1298,7 @@ def _update(
     store: RunStore,
     schema: pa.Schema,
     model: str,
+    finder: VectorFinder,
     incomplete: list[str],
     only: Collection[str] | None,
     on_rows: Callable[[int], None] | None,
@@ -1021,16 +1309,72 @@ def _update(
     result = PublishResult(
         inserted=new, updated=len(upsert) - new, deleted=len(delete), unchanged=unchanged
     )
-    if upsert or delete:
+    if upsert:
         stage_ids(store, upsert)
-        batches = iter_row_batches(store, schema, model, staged_only=True, on_rows=on_rows)
-        reader = pa.RecordBatchReader.from_batches(schema, batches)
-        merge = table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
-        if delete:  # names only ids of complete or gone sources
-            merge = merge.when_not_matched_by_source_delete(sql_in("id", delete))
-        merge.execute(reader)
+        batches = iter_row_batches(store, schema, model, finder, staged_only=True, on_rows=on_rows)
+        reader = _nonempty(batches, schema)
+        if reader is not None:
+            merge = table.merge_insert("id").when_matched_update_all()
+            merge.when_not_matched_insert_all().execute(reader)
+        # rows left out had lost their vector: mostly rows deleted from the table outside
+        # corpusbatch (which took their vectors along), so they count as not inserted
+        lost = min(finder.skipped_rows, result.inserted)
+        result.inserted -= lost
+        result.updated -= finder.skipped_rows - lost
+    if delete:
+        _save_vectors_of_deleted(store, table, current, delete)
+        ordered = sorted(delete)
+        for i in range(0, len(ordered), LOOKUP_CHUNK):
+            table.delete(sql_in("id", ordered[i : i + LOOKUP_CHUNK]))
     result.version = table.version
     return result
+
+
+def _save_vectors_of_deleted(
+    store: RunStore, table: Any, current: pa.Table, delete: set[str]
+) -> None:
+    """Copy to staging the vectors that deleting rows ``delete`` would lose although a
+    desired row still needs them (e.g. a source in flight wants that text back)."""
+    keys = {
+        k
+        for i, k in zip(current["id"].to_pylist(), current["key"].to_pylist(), strict=True)
+        if i in delete
+    }
+    if not keys:
+        return
+    wanted: set[str] = set()
+    ordered = sorted(keys)
+    for i in range(0, len(ordered), 500):
+        part = ordered[i : i + 500]
+        q = ", ".join("?" * len(part))
+        wanted.update(
+            k
+            for (k,) in store.db.execute(
+                f"SELECT DISTINCT key FROM desired WHERE key IN ({q})", part
+            )
+        )
+    if not wanted:
+        return
+    keep: dict[str, bytes] = {}
+    retained: set[str] = set()
+    ordered = sorted(wanted)
+    for i in range(0, len(ordered), LOOKUP_CHUNK):
+        got = (
+            table.search()
+            .where(quoted_in("key", ordered[i : i + LOOKUP_CHUNK]))
+            .select(["id", "key", "vector"])
+            .limit(None)
+            .to_arrow()
+        )
+        for rid, key, vec in zip(
+            got["id"].to_pylist(), got["key"].to_pylist(), staging_bytes(got["vector"]), strict=True
+        ):
+            if rid in delete:
+                keep.setdefault(key, vec)
+            else:
+                retained.add(key)
+    staged = store.staging.fetch([k for k in keep if k not in retained])
+    store.staging.add([(k, v) for k, v in keep.items() if k not in retained and k not in staged])
 
 
 def _rebuild(
@@ -1040,6 +1384,7 @@ def _rebuild(
     store: RunStore,
     schema: pa.Schema,
     model: str,
+    finder: VectorFinder,
     incomplete: list[str],
     on_rows: Callable[[int], None] | None,
 ) -> PublishResult:
@@ -1052,9 +1397,31 @@ def _rebuild(
         return PublishResult(version=table.version, deferred_rebuild=True)
     log.warning("index identity changed: rebuilding table %r in one commit", table_name)
     old_rows = table.count_rows()
-    result = _create(db, table_name, store, schema, model, overwrite=True, on_rows=on_rows)
+    _stage_table_vectors(store, table)
+    result = _create(db, table_name, store, schema, model, finder, overwrite=True, on_rows=on_rows)
     result.deleted = old_rows
     return result
+
+
+def _stage_table_vectors(store: RunStore, table: Any) -> None:
+    """Before a table of another identity is overwritten, keep its vectors in staging
+    (those whose text is still wanted, so switching back costs nothing; the rest are
+    garbage). A table without a ``key`` column (an older layout) had its vectors in
+    store.db, which moved them to staging already."""
+    if "key" not in table.schema.names:
+        return
+    moved = 0
+    batches = table.search().select(["key", "vector"]).limit(None).to_batches(8192)
+    for batch in batches:
+        keys = batch.column("key").to_pylist()
+        known = store._have(keys)
+        staged = store.staging.fetch([k for k in keys if k in known])
+        vecs = staging_bytes(pa.chunked_array([batch.column("vector")]))
+        rows = [(k, v) for k, v in zip(keys, vecs, strict=True) if k in known and k not in staged]
+        store.staging.add(rows)
+        moved += len(rows)
+    if moved:
+        log.info("kept %d vectors of the old identity in staging", moved)
 
 
 def _create(
@@ -1063,23 +1430,29 @@ def _create(
     store: RunStore,
     schema: pa.Schema,
     model: str,
+    finder: VectorFinder,
     *,
     overwrite: bool = False,
     skip: Collection[str] = (),
     on_rows: Callable[[int], None] | None = None,
 ) -> PublishResult:
     """Write the table whole; a new table is created only if it gets at least one row."""
-    batches = iter_row_batches(store, schema, model, skip_sources=skip, on_rows=on_rows)
-    first = next(batches, None)
-    if first is None and not overwrite:
+    batches = iter_row_batches(store, schema, model, finder, skip_sources=skip, on_rows=on_rows)
+    reader = _nonempty(batches, schema)
+    if reader is None and not overwrite:
         return PublishResult()
-    reader = pa.RecordBatchReader.from_batches(
-        schema, itertools.chain([] if first is None else [first], batches)
-    )
     table = db.create_table(
-        name, data=reader, schema=schema, mode="overwrite" if overwrite else "create"
+        name,
+        data=reader if reader is not None else schema.empty_table(),
+        schema=schema,
+        mode="overwrite" if overwrite else "create",
     )
     return PublishResult(inserted=table.count_rows(), version=table.version)
+
+
+def same_identity(table: Any, schema: pa.Schema) -> bool:
+    """Whether ``table`` was built with the identity (and layout) of ``schema``."""
+    return _identity_of(table.schema) == _identity_of(schema)
 
 
 def _identity_of(schema: pa.Schema) -> str | None:

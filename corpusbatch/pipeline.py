@@ -44,6 +44,7 @@ from .loading import (
     SourceState,
     load_output,
     publish,
+    same_identity,
     table_is_current,
     table_schema,
 )
@@ -230,7 +231,7 @@ def _open_context(root: Path, settings: Settings, progress: Progress) -> _Contex
         identity=identity,
         tokenizer=tokenizer,
         chunker=chunker,
-        store=RunStore(paths.store, identity.dimensions),
+        store=RunStore(paths.store, identity.dimensions, paths.staging),
         journal=journal.scoped(run_target(settings)),
         base_journal=journal,
         report=report,
@@ -549,6 +550,7 @@ def _discard(files: list[PlannedFile]) -> None:
 
 def plan_missing(ctx: _Context, *, dry_run: bool = False) -> PlanSummary:
     """Plan batch files for every desired vector that is neither stored nor in flight."""
+    _adopt_published(ctx)
     items = _embed_items(ctx, ctx.store.keys_to_embed(_pending_keys(ctx.base_journal)))
     # Unique per run (names of journal files must never repeat); sortable by time.
     plan_id = "p" + time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
@@ -579,6 +581,24 @@ def plan_missing(ctx: _Context, *, dry_run: bool = False) -> PlanSummary:
         return summary
     _journal_files(ctx, files, plan_id, route=report.route)
     return summary
+
+
+def _adopt_published(ctx: _Context) -> None:
+    """Texts to embed whose vectors the published table already holds cost nothing.
+
+    The table is the cache of every published vector: a text that comes back (a
+    reverted edit, a copied file) after its store entry was collected is found there.
+    """
+    db = connect(ctx.paths)
+    try:
+        table = db.open_table(ctx.settings.table)
+    except (FileNotFoundError, ValueError):
+        return
+    if not same_identity(table, table_schema(ctx.identity, ctx.table_meta())):
+        return
+    keys = [k for k, _, _ in ctx.store.keys_to_embed(_pending_keys(ctx.base_journal))]
+    if keys and (n := ctx.store.adopt(table, keys)):
+        log.info("%d texts to embed are in the published table already", n)
 
 
 def _route(settings: Settings, summary: PlanSummary) -> str:
@@ -784,9 +804,9 @@ def _publish(ctx: _Context) -> PublishResult:
 def _remove_loaded_files(ctx: _Context) -> None:
     """Delete local batch, manifest and output files whose results are published.
 
-    Their vectors live in the run store now; keeping every night's JSONL (gigabytes for
-    remote outputs) would grow the index directory without bound. Files of failed or
-    pending batches are kept.
+    Their vectors are in the staging or the published table now; keeping every
+    night's JSONL (gigabytes for remote outputs) would grow the index directory
+    without bound. Files of failed or pending batches are kept.
     """
     removed = 0
     for record in ctx.journal.files(states=("loaded",)):
@@ -813,7 +833,7 @@ def _maintain(table: Any) -> None:
     indexed = {tuple(i.columns) for i in table.list_indices()}
     if ("text",) not in indexed:
         table.create_index("text", config=FTS())
-    for column in ("id", "source"):  # nightly publishes look rows up by these
+    for column in ("id", "source", "key"):  # nightly publishes look rows up by these
         if (column,) not in indexed:
             table.create_index(column, config=BTree())
     rows = table.count_rows()
@@ -985,6 +1005,8 @@ def _finish(ctx: _Context, t0: float) -> RunReport:
         report.incomplete_sources = result.incomplete_sources
         if not result.deferred_rebuild:
             ctx.store.mark_published(result.published_sources, result.incomplete_sources)
+            ctx.store.collect_garbage()
+            ctx.store.staging.maintain()
         _remove_loaded_files(ctx)
         report.published = result.version is not None and not result.deferred_rebuild
         report.new, report.changed = result.inserted, result.updated

@@ -97,7 +97,7 @@ def verify(
         raise IndexNotFound(f"no index in {paths.root}", hint="run `corpusbatch index DIR` first")
     report = VerifyReport()
     with index_lock(paths):
-        store = RunStore(paths.store, resolve_identity(settings).dimensions)
+        store = RunStore(paths.store, resolve_identity(settings).dimensions, paths.staging)
         try:
             # The stored rows and vectors belong to the last scan's identity: check them
             # against it, not against flags that may name another (other --dimensions
@@ -180,11 +180,15 @@ def _check_batch(
 
 
 def _check_store(store: RunStore, dims: int, report: VerifyReport) -> None:
-    cur = store.db.execute("SELECT key, vector FROM vectors WHERE key IN (SELECT key FROM desired)")
-    for key, blob in cur:
-        arr = np.frombuffer(blob, dtype="<f4")
-        if arr.shape != (dims,) or not np.isfinite(arr).all() or not arr.any():
-            report.bad_stored_vectors.append(key)
+    """Staged vectors of desired keys must have the right length and be usable."""
+    for keys, blobs in store.staging.rows():
+        wanted = store.desired_among(keys)
+        for key, blob in zip(keys, blobs, strict=True):
+            if key not in wanted:
+                continue
+            arr = np.frombuffer(blob, dtype="<f4")
+            if arr.shape != (dims,) or not np.isfinite(arr).all() or not arr.any():
+                report.bad_stored_vectors.append(key)
 
 
 def _check_sources(store: RunStore, root: Path, report: VerifyReport) -> None:
@@ -207,7 +211,7 @@ def _check_journal(paths: IndexPaths, report: VerifyReport) -> None:
         for record in journal.files():
             if record.state == "failed":
                 report.files_failed.append(record.name)
-            elif record.state != "loaded":
+            elif record.state not in ("loaded", "split"):  # split: its parts carry on
                 report.files_pending.append(record.name)
 
 
@@ -226,14 +230,14 @@ def _invalidate(settings: Settings, store: RunStore, report: VerifyReport) -> No
     # A duplicated row's vector is fine; the other kinds may hold a bad vector.
     for rid in damaged - set(report.duplicated):
         keys.update(k for (k,) in store.db.execute("SELECT key FROM desired WHERE id = ?", (rid,)))
+    keys |= _lost_vectors(settings, store, report.missing, damaged)
     republish = bool(damaged or keys or report.missing or report.orphaned)
     # Dirty first: if the table delete below fails or the process dies after it, the
     # next run still republishes what was dropped.
-    with store.transaction() as db:
-        for key in keys:
-            db.execute("DELETE FROM vectors WHERE key = ?", (key,))
+    with store.transaction():
         if republish:
             store.mark_dirty()
+        store.forget_vectors(keys)
     only_duplicated = set(report.duplicated) - (damaged - set(report.duplicated))
     broken = damaged - only_duplicated
     if only_duplicated:
@@ -248,6 +252,46 @@ def _invalidate(settings: Settings, store: RunStore, report: VerifyReport) -> No
         len(report.missing),
         len(report.orphaned),
     )
+
+
+def _lost_vectors(
+    settings: Settings, store: RunStore, missing: list[str], damaged: set[str]
+) -> set[str]:
+    """Keys of missing rows whose vector is nowhere any more: not staged, and in the
+    table only on rows that are about to be dropped as damaged (the table is where a
+    published vector lives, so a deleted row took its vector with it)."""
+    keys = {
+        k
+        for rid in missing
+        for (k,) in store.db.execute("SELECT key FROM desired WHERE id = ?", (rid,))
+    }
+    if not keys:
+        return set()
+    found = set(store.staging.fetch(sorted(keys)))
+    try:
+        table = open_table(settings)
+    except IndexNotFound:
+        return keys - found
+    rest = sorted(keys - found)
+    return keys - found - _keys_on_rows(table, rest, exclude=damaged)
+
+
+def _keys_on_rows(table: Any, keys: list[str], exclude: set[str]) -> set[str]:
+    out: set[str] = set()
+    for i in range(0, len(keys), 500):
+        got = (
+            table.search()
+            .where(sql_in("key", keys[i : i + 500]))
+            .select(["id", "key"])
+            .limit(None)
+            .to_arrow()
+        )
+        out.update(
+            k
+            for rid, k in zip(got["id"].to_pylist(), got["key"].to_pylist(), strict=True)
+            if rid not in exclude
+        )
+    return out
 
 
 def _keep_one_copy(settings: Settings, ids: set[str]) -> None:

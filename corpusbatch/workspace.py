@@ -2,8 +2,9 @@
 
 Layout (default ``./.corpusbatch``, see docs/architecture.md)::
 
-    state.db   journal of batch files      store.db   vectors and desired rows
-    lancedb/   the published table         batches/   outputs/   JSONL files
+    state.db   journal of batch files      store.db   desired rows, which keys have vectors
+    lancedb/   the published table         staging/   vectors not published yet
+    batches/   outputs/   JSONL files
     lock       held by a running index
 """
 
@@ -42,6 +43,10 @@ class IndexPaths:
     @property
     def store(self) -> Path:
         return self.root / "store.db"
+
+    @property
+    def staging(self) -> Path:
+        return self.root / "staging"
 
     @property
     def lancedb(self) -> Path:

@@ -10,7 +10,8 @@ model-based test (``tests/test_nights.py``).
   error, :func:`unreadable_sources`), to keep exactly the rows of the last published
   table.
 * :func:`billing_problems` (``billed[k] <= 1 + lost[k]``: no input paid twice unless the
-  provider lost its result) and :func:`lost_problems` (every billed result whose text
+  provider lost its result, or its text left the corpus and the table in between, which
+  lets garbage collection drop its vector) and :func:`lost_problems` (every billed result whose text
   is still wanted under the identity it was billed for is in ``store.db``).
 
 Every ``*_problems`` function returns a list of human-readable findings (empty: fine);
@@ -70,7 +71,7 @@ def table_rows(settings: Settings) -> list[Row]:
 
 
 def stored_keys(settings: Settings) -> set[str]:
-    """Vector keys in the index's ``store.db`` (every vector embedded and kept)."""
+    """Vector keys that ``store.db`` knows a vector for (in staging or the table)."""
     path = Path(settings.index_dir) / "store.db"
     if not path.exists():
         return set()
@@ -302,11 +303,18 @@ def assert_table_is_clean_build(
 
 
 # --------------------------------------------------------------------------- billing ---
-def billing_problems(api: FakeBatchAPI) -> list[str]:
-    """Inputs billed twice although the provider never lost their result."""
+def billing_problems(api: FakeBatchAPI, collected: Mapping[Any, int] | None = None) -> list[str]:
+    """Inputs billed twice although the provider never lost their result.
+
+    ``collected`` counts, per billed input, the times its text left both the corpus
+    and the table: its vector may have been garbage-collected then, and a text that
+    comes back later is paid for again (once per such absence).
+    """
     out = []
     for (model, dims, text), n in sorted(api.billed.items()):
         lost = api.lost[(model, dims, text)]
+        if collected:
+            lost += collected.get((model, dims, text), 0)
         if n > 1 + lost:
             out.append(f"billed {n}x (lost {lost}x) {model}/{dims}: {text[:50]!r}")
     return out

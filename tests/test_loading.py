@@ -80,7 +80,8 @@ def test_good_lines_in_any_order_load_every_vector(store: RunStore, tmp_path: Pa
     )
     res = load_output(store, file_name="f", manifest=manifest, output_path=out)
     assert (res.vectors, res.failed, res.tokens) == (3, [], 14)
-    stored = dict(store.db.execute("SELECT key, vector FROM vectors").fetchall())
+    assert {k for (k,) in store.db.execute("SELECT key FROM vectors")} == {"k1", "k2", "k3"}
+    stored = {k: v for keys, vecs in store.staging.rows() for k, v in zip(keys, vecs, strict=True)}
     for key, seed in (("k1", 1), ("k2", 2), ("k3", 3)):
         np.testing.assert_array_equal(np.frombuffer(stored[key], "<f4"), vec(seed))
 
@@ -178,7 +179,18 @@ def test_publish_creates_updates_deletes_and_skips_no_change(
     fill(store, {"a.md": [("alpha", 1), ("beta", 6), ("gamma", 9)]})
     third = publish(db, "chunks", store, schema, "m")
     assert (third.inserted, third.updated, third.deleted, third.unchanged) == (1, 1, 1, 1)
-    assert third.version == first.version + 1  # one commit
+    # two commits sized to the change: the upsert, then the delete of stale ids; a
+    # reader in between sees the new rows next to the stale one, never fewer rows
+    assert third.version == first.version + 2
+    between = db.open_table("chunks")
+    between.checkout(first.version + 1)
+    seen = {(r["source"], r["text"], r["start_line"]) for r in between.to_arrow().to_pylist()}
+    assert seen == {
+        ("a.md", "alpha", 1),
+        ("a.md", "beta", 6),
+        ("a.md", "gamma", 9),
+        ("b.md", "alpha", 1),
+    }
     rows = db.open_table("chunks").to_arrow().to_pylist()
     assert sorted((r["source"], r["text"], r["start_line"]) for r in rows) == [
         ("a.md", "alpha", 1),

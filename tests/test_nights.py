@@ -39,6 +39,7 @@ import sys
 import time
 import traceback
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -178,6 +179,9 @@ class Walk:
     night: int = 0
     counter: int = 0
     paid_twice: set[str] = field(default_factory=set)  # billing findings already made
+    # per billed input: times its text left the corpus and the table (see note_collectable)
+    collected: Counter[tuple[str, int, str]] = field(default_factory=Counter)
+    present: dict[tuple[str, int, str], bool] = field(default_factory=dict)
     # the extensions below draw from their own stream, so that the main walk of a seed
     # (and the replay of an older finding) stays what it was before they were added
     xrng: random.Random = field(default_factory=random.Random)
@@ -381,6 +385,20 @@ class Walk:
             problems += lost_problems(self.api, settings, wanted)
         if problems:
             self.find("invariants broken:\n" + "\n".join(problems))
+
+    def note_collectable(self) -> None:
+        """Count, for each billed input, a new absence of its text from both the corpus
+        and the table: garbage collection may drop its vector then, so that text costs
+        once more if it comes back. (Lenient where the library keeps more, e.g. the
+        rows of a file it could not read.)"""
+        texts = {r.text for r in self.clean.rows(read_files(self.root), self.settings())}
+        texts |= {r.text for r in self.previous}
+        for key in self.api.billed:
+            text = key[2]
+            here = text in texts or (text.startswith("q: ") and text[3:] in texts)
+            if not here and self.present.get(key, True):
+                self.collected[key] += 1
+            self.present[key] = here
 
     def unchanged(self, why: str) -> None:
         if table_rows(self.settings()) != self.previous:
@@ -697,7 +715,10 @@ class Walk:
             self.previous = table_rows(self.settings())
             if rng.random() < 0.8:
                 self.api.advance_all()  # overnight the provider finishes (and bills)
-            new = [p for p in billing_problems(self.api) if p not in self.paid_twice]
+            self.note_collectable()
+            new = [
+                p for p in billing_problems(self.api, self.collected) if p not in self.paid_twice
+            ]
             self.paid_twice.update(new)
             if new:  # after the night: abandoned batches are billed by now
                 self.find("paid twice:\n" + "\n".join(new))

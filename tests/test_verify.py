@@ -73,8 +73,10 @@ def test_repair_puts_missing_rows_back(indexed: tuple[Settings, Path, list[str]]
     found = verify(settings)
     assert found.missing == [ids[0], ids[2]] and not found.ok
 
+    # The published table is the only copy of a published vector: rows deleted
+    # outside corpusbatch took theirs along, so repair embeds exactly those two again.
     repaired = verify(settings, docs, repair=True)
-    assert repaired.repaired is not None and repaired.repaired.embedded_vectors == 0
+    assert repaired.repaired is not None and repaired.repaired.embedded_vectors == 2
     assert id_counts(settings) == Counter(ids)
     assert verify(settings).ok
 
