@@ -11,14 +11,20 @@ loader move files only through it::
     created -> uploaded                     (queue full, or batch vanished: create again)
     uploading/uploaded/creating -> planned  (upload lost: upload again)
     downloaded -> finished/planned          (output file lost on disk: fetch or run again)
-    any state but loaded -> failed          (with the reason in ``error``)
+    planned/uploading/uploaded/creating/created -> split
+                                            (too big for a limit the provider reported: its
+                                             inputs were re-planned into smaller child files)
+    any state but loaded/split -> failed    (with the reason in ``error``)
 
 docs/architecture.md draws it. ``uploading`` and ``creating`` are *intents*: they are
 committed before the network call, so after a crash the next run knows a call may have
 gone out and reconciles (looks the file or batch up by its metadata) instead of repeating
-it. ``loaded`` and ``failed``
-are terminal. A ``failed`` file's inputs are not held against them: they have no vector
-and no recorded input failure, so the next run plans them again.
+it. ``loaded``, ``split`` and ``failed``
+are terminal. A ``split`` file's inputs live on in its children (``parent`` names it),
+which are journaled before the parent moves, so a crash in between splits it again into
+the same child names (``add_file`` ignores names it knows). A ``failed`` file's inputs
+are not held against them: they have no vector and no recorded input failure, so the
+next run plans them again.
 
 Every transition is one committed SQLite transaction (WAL, ``synchronous=FULL``), so
 ``kill -9`` or a power loss at any point leaves the journal consistent, and every fact
@@ -35,6 +41,11 @@ needed to resume lives in a row, never only in memory:
   current run's settings), ``target`` (provider and base URL that must run it) and
   ``route`` (``local``, ``batch`` or ``realtime``: the price it was planned and priced at);
 * ``request_counts``, ``submitted_at`` (for ``status``), ``remote_deleted``.
+
+Limits a provider reported at run time (its enqueued-token limit in a
+``token_limit_exceeded`` message, per-file line, byte or input limits of a validation
+error) are kept in the ``meta`` table (:meth:`Journal.learn_limit`), per target and model,
+and tighten every later plan and queue wave (:meth:`Journal.learned_limits`).
 
 ``events`` records every transition. Paths read back from the journal must lie inside the
 index directory; a row naming any other place raises instead of being trusted.
@@ -65,32 +76,36 @@ STATES = (
     "finished",
     "downloaded",
     "loaded",
+    "split",
     "failed",
 )
-TERMINAL = ("loaded", "failed")
+TERMINAL = ("loaded", "split", "failed")
 ROUTES = ("local", "batch", "realtime")
 
 # The state machine: every allowed move, and nothing else.
 TRANSITIONS: dict[str, frozenset[str]] = {
     # uploading: remote upload intent; downloaded: the local model or the real-time API
     # wrote the output directly.
-    "planned": frozenset({"uploading", "downloaded", "failed"}),
+    # split (here and below): too big for a limit the provider reported; its inputs were
+    # planned again into smaller child files (journaled first, ``parent`` = this file).
+    "planned": frozenset({"uploading", "downloaded", "split", "failed"}),
     # uploaded: the upload answered, or was found by name and size; planned: not found.
-    "uploading": frozenset({"uploaded", "planned", "failed"}),
+    "uploading": frozenset({"uploaded", "planned", "split", "failed"}),
     # creating: create intent; created: our batch found by its metadata (adopted);
     # planned: the provider lost the uploaded file.
-    "uploaded": frozenset({"creating", "created", "planned", "failed"}),
+    "uploaded": frozenset({"creating", "created", "planned", "split", "failed"}),
     # created: answered, or adopted by metadata; uploaded: refused with a retryable
     # error, so create again later; planned: the uploaded file is gone.
-    "creating": frozenset({"created", "uploaded", "planned", "failed"}),
+    "creating": frozenset({"created", "uploaded", "planned", "split", "failed"}),
     # finished: a terminal batch status with output; uploaded: the batch died of a full
     # queue or vanished for good and must be created again (create_seq bumped).
-    "created": frozenset({"finished", "uploaded", "failed"}),
+    "created": frozenset({"finished", "uploaded", "split", "failed"}),
     "finished": frozenset({"downloaded", "failed"}),
     # loaded: its results are stored; finished/planned: the output file on disk is gone
     # before it was loaded, fetch or run it again.
     "downloaded": frozenset({"loaded", "finished", "planned", "failed"}),
     "loaded": frozenset(),
+    "split": frozenset(),
     "failed": frozenset(),
 }
 
@@ -100,6 +115,7 @@ REQUIRES: dict[str, tuple[str, ...]] = {
     "creating": ("input_file_id",),
     "created": ("input_file_id", "batch_id"),
     "finished": ("batch_id", "batch_status"),
+    "split": ("error",),  # the provider's refusal and what was learned from it
     "failed": ("error",),
 }
 
@@ -484,6 +500,36 @@ class Journal:
                 " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (key, value),
             )
+
+    # -- limits learned at run time ------------------------------------------------------
+    @staticmethod
+    def _limit_prefix(target: str | None, model: str) -> str:
+        return f"limit\x1f{target or ''}\x1f{model}\x1f"
+
+    def learned_limits(self, target: str | None, model: str) -> dict[str, int]:
+        """Limits (``Limits`` field -> value) learned for ``target`` and ``model``."""
+        prefix = self._limit_prefix(target, model)
+        rows = self._db.execute(
+            "SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
+        )
+        return {key[len(prefix) :]: int(value) for key, value in rows}
+
+    def learn_limit(self, target: str | None, model: str, name: str, value: int) -> int:
+        """Remember that ``name`` (a ``Limits`` field) is at most ``value`` for ``target``
+        and ``model``; a limit only ever tightens. Returns the limit now in force."""
+        if value < 1:
+            raise ValueError(f"limit {name}={value} must be positive")
+        key = self._limit_prefix(target, model) + name
+        with self.transaction() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            if row is not None and int(row[0]) <= value:
+                return int(row[0])
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, str(value)),
+            )
+        return value
 
 
 def _inside(path: Path, root: Path) -> bool:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .chunking import Chunker, ChunkerConfig
-from .config import Settings, remembered
+from .config import Limits, Settings, remembered
 from .errors import (
     BackendError,
     ConfigError,
@@ -51,6 +51,7 @@ from .loading import (
 from .planning import PlanSummary, plan_files, read_manifest, summarize, waves
 from .scanning import FileResult, FileTask, ScanJob, default_workers, read_files
 from .sources import list_files
+from .splitting import effective_limits
 from .tokenizers import Tokenizer, get_tokenizer
 from .types import EmbeddingIdentity, EmbedItem, PlannedFile
 from .workspace import IndexPaths, connect, index_lock
@@ -500,6 +501,12 @@ def _embed_items(ctx: _Context, rows: Iterator[tuple[str, str, int]]) -> Iterato
         yield EmbedItem(key=key, text=prefix + text, n_tokens=n_tokens)
 
 
+def _limits(ctx: _Context) -> Limits:
+    """The provider's limits, tightened by those it reported at run time (journal)."""
+    learned = ctx.base_journal.learned_limits(ctx.target, ctx.identity.model)
+    return effective_limits(ctx.settings.profile().limits, learned)
+
+
 def _plan(ctx: _Context, items: Iterator[EmbedItem], plan_id: str) -> list[PlannedFile]:
     return list(
         plan_files(
@@ -507,7 +514,7 @@ def _plan(ctx: _Context, items: Iterator[EmbedItem], plan_id: str) -> list[Plann
             out_dir=ctx.paths.batches,
             plan_id=plan_id,
             model=ctx.identity.model,
-            limits=ctx.settings.profile().limits,
+            limits=_limits(ctx),
             request_dimensions=ctx.identity.request_dimensions,
         )
     )
@@ -563,7 +570,7 @@ def plan_missing(ctx: _Context, *, dry_run: bool = False) -> PlanSummary:
     report.to_embed_tokens = summary.tokens
     report.estimated_cost_batch = summary.batch_cost
     report.estimated_cost_realtime = summary.realtime_cost
-    report.waves = len(waves(files, ctx.settings.profile().limits)) if files else 0
+    report.waves = len(waves(files, _limits(ctx))) if files else 0
     report.distinct_vectors = int(
         ctx.store.db.execute("SELECT COUNT(DISTINCT key) FROM desired").fetchone()[0]
     )
@@ -638,6 +645,7 @@ class _Loader:
         if record.batch_id:
             ctx.report.batch_ids.append(record.batch_id)
         ctx.journal.update(record.name, "loaded")
+        _remove_files(record)  # the vectors are stored: the JSONL is only disk space now
         if self.advance:
             ctx.progress.advance(record.n_inputs)
         if stop:
@@ -760,6 +768,7 @@ def _submitter(ctx: _Context, api_key: str | None) -> Any:
         poll_interval=ctx.settings.poll_interval,
         delete_remote_files=ctx.settings.delete_remote_files,
         missing_grace=ctx.settings.missing_batch_grace,
+        count_tokens=ctx.tokenizer.count,  # to split a file too big for a learned limit
     )
 
 
@@ -796,7 +805,7 @@ def _publish(ctx: _Context) -> PublishResult:
     ctx.progress.finish()
     if result.inserted or result.updated or result.deleted:
         table = db.open_table(ctx.settings.table)
-        _maintain(table)
+        _maintain(table, ctx.store)
         result.version = table.version
     return result
 
@@ -808,14 +817,19 @@ def _remove_loaded_files(ctx: _Context) -> None:
     night's JSONL (gigabytes for remote outputs) would grow the index directory
     without bound. Files of failed or pending batches are kept.
     """
-    removed = 0
-    for record in ctx.journal.files(states=("loaded",)):
-        for name in (record.path, record.manifest_path, record.output_path, record.error_path):
-            if name and Path(name).exists():
-                Path(name).unlink()
-                removed += 1
+    removed = sum(_remove_files(r) for r in ctx.journal.files(states=("loaded",)))
     if removed:
-        log.info("removed %d local batch files whose results are published", removed)
+        log.info("removed %d local batch files whose results are stored", removed)
+
+
+def _remove_files(record: FileRecord) -> int:
+    """Delete a loaded file's local input, manifest, output and error files."""
+    removed = 0
+    for name in (record.path, record.manifest_path, record.output_path, record.error_path):
+        if name and Path(name).exists():
+            Path(name).unlink()
+            removed += 1
+    return removed
 
 
 def _table_exists(ctx: _Context) -> bool:
@@ -826,8 +840,13 @@ def _table_exists(ctx: _Context) -> bool:
     return True
 
 
-def _maintain(table: Any) -> None:
-    """Indexes and compaction after a change, so reads stay fast and versions few."""
+def _maintain(table: Any, store: RunStore) -> None:
+    """Indexes and compaction after a change, so reads stay fast and versions few.
+
+    ``optimize()`` adds new rows to the existing full-text and vector indexes. The
+    vector index's partitions were trained on the rows of its day: once the table has
+    doubled since (``store.db`` remembers the trained size), it is trained again.
+    """
     from lancedb.index import FTS, BTree, IvfRq
 
     indexed = {tuple(i.columns) for i in table.list_indices()}
@@ -837,8 +856,18 @@ def _maintain(table: Any) -> None:
         if (column,) not in indexed:
             table.create_index(column, config=BTree())
     rows = table.count_rows()
-    if ("vector",) not in indexed and rows >= VECTOR_INDEX_MIN_ROWS:
-        table.create_index("vector", config=IvfRq(distance_type="cosine"))
+    trained = int(store.get_meta("vector_index_rows") or 0)
+    has_index = ("vector",) in indexed
+    if rows >= VECTOR_INDEX_MIN_ROWS and (not has_index or (trained and rows >= 2 * trained)):
+        if has_index:
+            log.info("the table doubled since its vector index was trained: training again")
+        table.create_index("vector", config=IvfRq(distance_type="cosine"), replace=True)
+        trained = rows
+    elif has_index and not trained:  # an index from before the rule: count from here
+        trained = rows
+    if trained and store.get_meta("vector_index_rows") != str(trained):
+        with store.transaction():
+            store.set_meta("vector_index_rows", str(trained))
     table.optimize(cleanup_older_than=timedelta(days=1))
 
 

@@ -205,6 +205,12 @@ class FakeBatchAPI:
         # --- fault knobs ------------------------------------------------------------
         self.auto_advance = True  # each retrieve moves a batch one status on
         self.token_cap: int | None = None  # queued tokens above this fail at validation
+        # False: the token_limit_exceeded message states no number (a clone's wording)
+        self.token_cap_states_limit = True
+        # (code, message): every batch of at least validation_error_lines lines fails
+        # validation with this error while set
+        self.validation_error: tuple[str, str] | None = None
+        self.validation_error_lines = 1
         self.create_faults: list[str] = []  # "429" | "500" | "500-after" | "drop-after"
         self.upload_faults: list[str] = []  # "500" | "500-after" | "drop-after"
         self.retrieve_faults: list[int] = []  # HTTP statuses answered instead of a batch
@@ -632,6 +638,8 @@ class FakeBatchAPI:
             self._finish(batch, "cancelled", self.cancel_keep, "batch_cancelled")
 
     def _validate(self, batch: _Batch) -> list[dict[str, Any]]:
+        if self.validation_error and len(batch.lines) >= self.validation_error_lines:
+            return [_batch_error(*self.validation_error)]
         if not batch.lines:
             return [_batch_error("empty_file", "The input file is empty.")]
         if batch.n_bytes > self.max_bytes:
@@ -648,10 +656,10 @@ class FakeBatchAPI:
         tokens, _ = self.enqueued()
         others = tokens - batch.n_tokens
         if self.token_cap is not None and others + batch.n_tokens > self.token_cap:
+            stated = f"Limit: {self.token_cap:,} enqueued tokens. " * self.token_cap_states_limit
             msg = (
                 f"Enqueued token limit reached for {batch.model} in organization org-fake. "
-                f"Limit: {self.token_cap:,} enqueued tokens. Please try again once some "
-                "in_progress batches have been completed."
+                f"{stated}Please try again once some in_progress batches have been completed."
             )
             return [_batch_error("token_limit_exceeded", msg, line=None)]
         return []

@@ -81,6 +81,7 @@ _PATHS: dict[str, list[tuple[str, dict[str, object]]]] = {
     ],
     "downloaded": [("downloaded", {})],
     "loaded": [("downloaded", {}), ("loaded", {})],
+    "split": [("split", {"error": "token_limit_exceeded; split into 2 files"})],
     "failed": [("failed", {"error": "broken"})],
 }
 
@@ -96,7 +97,7 @@ def test_files_filters_and_pending(tmp_path: Path) -> None:
             _add(j, f"f{i}.jsonl", tmp_path)
             _walk(j, f"f{i}.jsonl", state)
         pending = {f.state for f in j.pending()}
-        assert pending == set(STATES) - {"loaded", "failed"}
+        assert pending == set(STATES) - {"loaded", "split", "failed"}
         assert [f.state for f in j.files(states=("created",))] == ["created"]
         assert j.files(plan="other") == []
 
@@ -118,6 +119,52 @@ def test_every_illegal_transition_raises_and_writes_nothing(tmp_path: Path) -> N
                     j.update(name, dest, error="e", input_file_id="f", batch_id="b")
                 assert (j.get(name), len(j.events(name))) == before
         assert n > 40  # most pairs are illegal: the machine is narrow
+
+
+def test_split_is_terminal_needs_a_reason_and_is_reached_only_before_the_batch_ran(
+    tmp_path: Path,
+) -> None:
+    """A file is split only while its batch has produced nothing (planned .. created);
+    once finished, its results must be loaded, never re-planned."""
+    assert {s for s in STATES if "split" in TRANSITIONS[s]} == {
+        "planned",
+        "uploading",
+        "uploaded",
+        "creating",
+        "created",
+    }
+    assert TRANSITIONS["split"] == frozenset()
+    with Journal(tmp_path / "state.db") as j:
+        _add(j, "a.jsonl", tmp_path)
+        _walk(j, "a.jsonl", "created")
+        with pytest.raises(StateError, match="lacks error"):
+            j.update("a.jsonl", "split")
+        j.update("a.jsonl", "split", error="refused; split into 2 files")
+        rec = j.get("a.jsonl")
+        assert rec is not None and rec.state == "split" and rec.batch_id == "batch-1"
+        assert j.pending() == []
+        with pytest.raises(StateError):
+            j.update("a.jsonl", "failed", error="late")
+
+
+def test_learned_limits_persist_per_target_and_model_and_only_tighten(tmp_path: Path) -> None:
+    with Journal(tmp_path / "state.db") as j:
+        assert j.learned_limits("openai@x", "m") == {}
+        assert j.learn_limit("openai@x", "m", "max_enqueued_tokens", 30_000) == 30_000
+        assert j.learn_limit("openai@x", "m", "max_enqueued_tokens", 50_000) == 30_000
+        assert j.learn_limit("openai@x", "m", "max_enqueued_tokens", 20_000) == 20_000
+        j.learn_limit("openai@x", "m", "max_lines_per_file", 7)
+        j.learn_limit("openai@x", "other-model", "max_enqueued_tokens", 5)
+        j.learn_limit("deepinfra@y", "m", "max_enqueued_tokens", 6)
+        with pytest.raises(ValueError):
+            j.learn_limit("openai@x", "m", "max_lines_per_file", 0)
+    with Journal(tmp_path / "state.db") as j:  # reopened: kept on disk, not in memory
+        assert j.learned_limits("openai@x", "m") == {
+            "max_enqueued_tokens": 20_000,
+            "max_lines_per_file": 7,
+        }
+        assert j.learned_limits("openai@x", "other-model") == {"max_enqueued_tokens": 5}
+        assert j.learned_limits(None, "m") == {}
 
 
 def test_a_state_without_the_fields_it_needs_is_refused(tmp_path: Path) -> None:

@@ -138,18 +138,20 @@ def test_failed_batch_is_reported_and_planned_again_next_run(
     tmp_path: Path, api: FakeBatchAPI
 ) -> None:
     docs = copy_corpus(tmp_path / "docs")
-    api.max_lines = 1  # every file has more lines: the provider fails it at validation
+    # every file of more than one line fails at validation (a verdict on the file)
+    api.validation_error = ("invalid_json_line", "This line is not valid JSON.")
+    api.validation_error_lines = 2
     settings = remote(tmp_path, api)
     first = index(docs, settings, api_key="k")
     # a batch that fails whole is the provider's verdict on the file, not on its inputs:
     # nothing is held against them, they wait for the next run
     assert not first.failed and first.deferred > 0
-    assert first.deferred_reasons and all("too_many" in r for r in first.deferred_reasons)
+    assert first.deferred_reasons and all("invalid_json" in r for r in first.deferred_reasons)
     assert set(first.incomplete_sources)  # published without them, old rows kept
     published = {r["source"] for r in table_rows(settings)}
     assert not published & set(first.incomplete_sources)
 
-    api.max_lines = 50_000
+    api.validation_error = None
     second = index(docs, settings, api_key="k")
     assert not second.failed and second.published
     assert len(table_rows(settings)) == second.chunks

@@ -527,17 +527,23 @@ def test_validation_errors_end_as_failed_with_the_providers_reason(
     assert api.processed.total() == 0
 
 
-def test_provider_queue_that_never_has_room_fails_the_file(
+def test_an_input_bigger_than_the_providers_queue_fails_once_and_leaves_no_upload(
     tmp_path: Path, api: FakeBatchAPI
 ) -> None:
+    """Refused with nothing else of ours queued, a file is too big for the provider's
+    queue; a single input cannot be split, so it fails at once (not after 20 refusals)
+    with the provider's words and advice, and its uploaded file is deleted."""
     api.token_cap = 2
     h = Harness(tmp_path, api, max_capacity_retries=3)
     name = h.add([_texts("cap", 1, words=5)])
     h.run()
     rec = h.journal.get(name)
     assert rec is not None and rec.state == "failed"
-    assert "token_limit_exceeded" in (rec.error or "") and "refused 4 times" in (rec.error or "")
-    assert len(api.batches) == 4 and api.requests["POST /v1/files"] == 1
+    assert "token_limit_exceeded" in (rec.error or "") and "cannot split" in (rec.error or "")
+    assert len(api.batches) == 1 and api.requests["POST /v1/files"] == 1
+    assert rec.remote_deleted == 1
+    assert [f for f in api.files.values() if f.purpose == "batch"] == []
+    assert h.journal.learned_limits(None, MODEL) == {"max_enqueued_tokens": 2}
 
 
 def test_cancelled_batch_is_collected_and_its_lines_retried(

@@ -14,10 +14,15 @@ OpenAI API has no idempotency key, so a blind retry could create (and bill) a se
 batch.
 
 Files are sent in queue waves: the tokens and request lines of our batches in the
-provider's queue never exceed ``profile.limits.max_enqueued_tokens/requests``. A batch
-the provider still fails with ``token_limit_exceeded`` (the queue is shared with other
-work) is not a data error: its uploaded file is kept and the batch is created again once
-capacity frees up.
+provider's queue never exceed ``profile.limits.max_enqueued_tokens/requests`` (tightened
+by limits learned at run time, kept in the journal). A batch the provider still fails
+with ``token_limit_exceeded`` while other batches of ours are queued is not a data error:
+its uploaded file is kept and the batch is created again once capacity frees up. Refused
+with nothing else of ours in flight, or bigger than the limit the message states, the
+file itself is too big: the limit is learned, and the file is split (its inputs planned
+again into files that fit, see :mod:`corpusbatch.splitting`). Per-file line, byte and
+input limits that a provider reports when it validates a batch are handled the same way.
+Every path that gives a file up deletes what was uploaded for it.
 
 What differs between providers (upload purpose, status names, create options, error
 line shapes) lives in :class:`ProviderAdapter`.
@@ -39,9 +44,18 @@ from typing import Any
 import httpx2
 import openai
 
-from ..config import Profile
+from ..config import Limits, Profile
 from ..errors import BackendError
 from ..journal import FileRecord, Journal
+from ..splitting import (
+    Refusal,
+    Unsplittable,
+    effective_limits,
+    measure_of,
+    refusal,
+    split_cap,
+    split_file,
+)
 from .adapter import ProviderAdapter, adapter_for, convert_lines, describe_error
 
 log = logging.getLogger(__name__)
@@ -100,6 +114,7 @@ class BatchSubmitter:
         vanished_after: int = 3,
         missing_grace: float = 3600.0,
         unreachable_after: float = 900.0,
+        count_tokens: Callable[[str], int] | None = None,
     ) -> None:
         self.client = client
         # Never retry a POST that creates something billable: reconcile instead.
@@ -126,10 +141,14 @@ class BatchSubmitter:
         # seconds without progress after which the provider is probed, and the run stops
         # if it does not answer (a cron job must not hang on a dead network)
         self.unreachable_after = unreachable_after
+        # the tokenizer the files were planned with, to split a file that is too big
+        # (None: estimate each input's tokens from its share of the file's bytes)
+        self.count_tokens = count_tokens
         self._hold_until = 0.0  # no new batches before this (provider queue full)
         self._capacity_failures = 0
         self._emit: Callable[[str], None] = lambda _msg: None
         self._swept = False  # provider files of earlier runs' loaded batches cleaned up
+        self._round_limits: dict[str, Limits] = {}  # per model, for this round's waves
 
     # -- main loop ------------------------------------------------------------------------
     def drive(
@@ -252,6 +271,16 @@ class BatchSubmitter:
             # The file may have arrived anyway: stay in `uploading` and reconcile next round.
             log.warning("%s: upload did not complete (%s); will check and retry", rec.name, exc)
             return False
+        if _too_large(exc):
+            ref = Refusal(
+                "max_bytes_per_file",
+                "bytes",
+                _stated_bytes(exc),
+                _error_code(exc) or "file_too_large",
+                describe_error(exc),
+            )
+            if self._refused_for_limit(journal, rec, ref):
+                return True
         journal.update(rec.name, "failed", error=f"upload rejected: {describe_error(exc)}")
         return True
 
@@ -300,6 +329,7 @@ class BatchSubmitter:
         """
         candidates = journal.files(states=("creating",))
         candidates += journal.files(states=("uploaded", "planned"))
+        self._round_limits = {m: self.limits(journal, m) for m in {r.model for r in candidates}}
         index: dict[tuple[str, ...], Any] | None = None
         tokens, requests = self._enqueued(journal)
         for rec in candidates:
@@ -309,7 +339,7 @@ class BatchSubmitter:
             if verdict == "wait":
                 break  # keep file order; later files go out as earlier ones finish
             if verdict == "fail":
-                self._fail_oversize(journal, rec)
+                self._too_big_for_queue(journal, rec)
                 step.changed = True
                 continue
             if rec.state == "planned":
@@ -342,9 +372,13 @@ class BatchSubmitter:
         flying = journal.files(states=IN_FLIGHT)
         return sum(r.n_tokens for r in flying), sum(r.n_lines for r in flying)
 
+    def limits(self, journal: Journal, model: str) -> Limits:
+        """The profile's limits, tightened by those learned at run time for ``model``."""
+        return effective_limits(self.profile.limits, journal.learned_limits(journal.target, model))
+
     def _fits(self, rec: FileRecord, tokens: int, requests: int) -> str:
         """Whether a file may go now: ``go``, ``wait`` (queue full) or ``fail`` (never fits)."""
-        limits = self.profile.limits
+        limits = self._round_limits.get(rec.model) or self.profile.limits
         caps = (
             (limits.max_enqueued_tokens, tokens, rec.n_tokens),
             (limits.max_enqueued_requests, requests, rec.n_lines),
@@ -354,16 +388,117 @@ class BatchSubmitter:
                 return "fail" if need > cap else "wait"
         return "go"
 
-    def _fail_oversize(self, journal: Journal, rec: FileRecord) -> None:
-        limits = self.profile.limits
-        journal.update(
-            rec.name,
-            "failed",
-            error=f"{rec.n_tokens:,} tokens / {rec.n_lines:,} requests exceed the provider's "
-            f"enqueued limit ({limits.max_enqueued_tokens} tokens, "
-            f"{limits.max_enqueued_requests} requests); lower max_tokens_per_file or raise "
-            "max_enqueued_tokens in corpusbatch.toml, then run index again",
+    def _too_big_for_queue(self, journal: Journal, rec: FileRecord) -> None:
+        """A file bigger than the enqueued caps (planned before a limit was learned, or
+        with other limits) can never go as it is: split it, or fail it with advice."""
+        limits = self.limits(journal, rec.model)
+        caps = (
+            ("tokens", limits.max_enqueued_tokens, rec.n_tokens),
+            ("lines", limits.max_enqueued_requests, rec.n_lines),
         )
+        measure, cap = next((m, c) for m, c, have in caps if c is not None and have > c)
+        assert cap is not None
+        reason = (
+            f"{rec.n_tokens:,} tokens / {rec.n_lines:,} requests exceed the provider's "
+            f"enqueued limit ({limits.max_enqueued_tokens} tokens, "
+            f"{limits.max_enqueued_requests} requests)"
+        )
+        self._split(journal, rec, measure, cap, reason)
+
+    def _split(
+        self, journal: Journal, rec: FileRecord, measure: str, cap: int, reason: str
+    ) -> None:
+        """Plan ``rec``'s inputs again into files of at most ``cap`` ``measure`` each.
+
+        The parts are journaled (as children, same attempt) before ``rec`` moves to
+        ``split``; a crash in between splits again into the same names, which the journal
+        already knows. A file that cannot be split (one input alone is too big) is failed
+        with advice. Either way the provider's copy of ``rec`` is deleted.
+        """
+        plan_id = f"{rec.name.removesuffix('.jsonl')}-s{rec.create_seq}"
+        parts = journal.files(plan=plan_id)
+        if not parts:
+            try:
+                planned = split_file(
+                    path=Path(rec.path),
+                    manifest_path=Path(rec.manifest_path),
+                    n_tokens=rec.n_tokens,
+                    limits=self.limits(journal, rec.model),
+                    measure=measure,
+                    cap=cap,
+                    plan_id=plan_id,
+                    count_tokens=self.count_tokens,
+                )
+            except (Unsplittable, OSError, ValueError) as exc:
+                self._give_up(
+                    journal,
+                    rec,
+                    f"{reason}; cannot split it: {exc}; lower max_tokens_per_file or "
+                    "--chunk-tokens, or raise the limit with the provider, then run index again",
+                )
+                return
+            for f in planned:
+                journal.add_file(
+                    name=f.name,
+                    plan=plan_id,
+                    path=f.path,
+                    manifest_path=f.manifest_path,
+                    sha256=f.sha256,
+                    model=f.model,
+                    n_lines=f.n_lines,
+                    n_inputs=f.n_inputs,
+                    n_tokens=f.n_tokens,
+                    n_bytes=f.n_bytes,
+                    attempt=rec.attempt,
+                    parent=rec.name,
+                    identity=rec.identity,
+                    target=rec.target,
+                    route=rec.route,
+                )
+            parts = journal.files(plan=plan_id)
+        note = f"split into {len(parts)} files of at most {cap:,} {measure}"
+        journal.update(rec.name, "split", error=f"{reason}; {note}")
+        self._emit(f"{rec.name}: {note}")
+        log.warning("%s: %s; %s", rec.name, reason, note)
+        self._delete_remote(journal, journal.get(rec.name) or rec)
+        # nothing reads a split file again: its parts carry its inputs
+        path = Path(rec.path)
+        converted = path.with_name(f"{path.stem}.{self.adapter.name}.jsonl")
+        for stale in (path, Path(rec.manifest_path), converted):
+            stale.unlink(missing_ok=True)
+
+    def _refused_for_limit(
+        self, journal: Journal, rec: FileRecord, ref: Refusal, who: str = "the provider"
+    ) -> bool:
+        """A batch refused for a limit: learn it, and split the file if it is too big.
+
+        Returns False when the refusal is about a queue that our own other batches fill
+        (wait for room instead). A queue limit refused with nothing else of ours in
+        flight, or a file bigger than the stated limit, means the file itself is too big.
+        """
+        have = measure_of(
+            ref.measure,
+            tokens=rec.n_tokens,
+            lines=rec.n_lines,
+            inputs=rec.n_inputs,
+            size=rec.n_bytes,
+        )
+        if ref.stated is not None:
+            journal.learn_limit(journal.target, rec.model, ref.field, ref.stated)
+        others = [r for r in journal.files(states=IN_FLIGHT) if r.name != rec.name]
+        if ref.queue and others and (ref.stated is None or have <= ref.stated):
+            return False
+        cap = split_cap(have, ref.stated)
+        learned = journal.learn_limit(journal.target, rec.model, ref.field, cap)
+        reason = f"{who} refused it: {ref.code}: {ref.message}"
+        log.warning("%s: learned %s = %s from the provider", rec.name, ref.field, f"{learned:,}")
+        self._split(journal, rec, ref.measure, cap, reason)
+        return True
+
+    def _give_up(self, journal: Journal, rec: FileRecord, error: str) -> None:
+        """Fail a file for good and delete what was uploaded for it."""
+        journal.update(rec.name, "failed", error=error)
+        self._delete_remote(journal, journal.get(rec.name) or rec)
 
     def _metadata(self, rec: FileRecord) -> dict[str, str]:
         return {
@@ -439,14 +574,19 @@ class BatchSubmitter:
             # `creating`; the next round lists batches before it would create again.
             log.warning("%s: batch create unconfirmed (%s); will reconcile", rec.name, exc)
             return False
-        if self._input_missing(rec):
+        ref = refusal([(_error_code(exc), describe_error(exc), None)])
+        if ref is not None and self._refused_for_limit(journal, rec, ref):
+            pass
+        elif self._input_missing(rec):
             journal.update(rec.name, "planned", input_file_id=None)
             log.warning(
                 "%s: uploaded file %s is gone; uploading again", rec.name, rec.input_file_id
             )
+        elif ref is not None:  # a queue limit while our other batches fill it: wait
+            journal.update(rec.name, "uploaded", not_before=self._clock() + self.poll_interval)
         else:
             reason = describe_error(exc)
-            journal.update(rec.name, "failed", error=f"batch create rejected: {reason}")
+            self._give_up(journal, rec, f"batch create rejected: {reason}")
         step.changed = True
         return True
 
@@ -572,6 +712,11 @@ class BatchSubmitter:
         return None
 
     def _batch_failed(self, journal: Journal, rec: FileRecord, batch: Any) -> None:
+        ref = refusal(self.adapter.batch_errors(batch))
+        # a queue limit counts only where this provider says it is about its queue
+        usable = ref is not None and (not ref.queue or self.adapter.is_capacity_failure(batch))
+        if usable and ref and self._refused_for_limit(journal, rec, ref, f"batch {batch.id}"):
+            return
         if self.adapter.is_capacity_failure(batch) and rec.create_seq < self.max_capacity_retries:
             self._capacity_failures += 1
             wait = min(self.poll_interval * 2**self._capacity_failures, 20 * self.poll_interval)
@@ -596,9 +741,8 @@ class BatchSubmitter:
                 f" (refused {rec.create_seq + 1} times; lower max_tokens_per_file or "
                 "max_enqueued_tokens in corpusbatch.toml, or wait for other work to finish)"
             )
-        journal.update(
-            rec.name, "failed", batch_status="failed", error=f"batch {batch.id} failed: {text}"
-        )
+        journal.update(rec.name, batch_status="failed")
+        self._give_up(journal, rec, f"batch {batch.id} failed: {text}")
         self._emit(f"{rec.name}: batch {batch.id} failed: {text}")
 
     def _finish_file(
@@ -639,10 +783,10 @@ class BatchSubmitter:
             try:
                 self._fetch(file_id, dest)
             except openai.NotFoundError:
-                journal.update(
-                    rec.name,
-                    "failed",
-                    error=f"{kind} file {file_id} of batch {rec.batch_id} expired or was "
+                self._give_up(
+                    journal,
+                    rec,
+                    f"{kind} file {file_id} of batch {rec.batch_id} expired or was "
                     "deleted before download; run index again to re-embed its chunks",
                 )
                 return False
@@ -697,11 +841,12 @@ class BatchSubmitter:
 
     # -- cleanup ----------------------------------------------------------------------------
     def _cleanup(self, journal: Journal) -> None:
-        """Delete provider files of loaded batches that a crash left behind (once a drive)."""
+        """Delete provider files of settled files (loaded, split or given up) that a crash
+        or a failed delete left behind (once a drive)."""
         if not self.delete_remote_files or self._swept:
             return
         self._swept = True
-        for rec in journal.files(states=("loaded",)):
+        for rec in journal.files(states=("loaded", "split", "failed")):
             if not rec.remote_deleted and (rec.input_file_id or rec.output_file_id):
                 self._delete_remote(journal, rec)
 
@@ -738,6 +883,24 @@ class BatchSubmitter:
 
 
 _UNKNOWN: Any = object()  # "cannot tell now", as opposed to "not there"
+
+
+def _error_code(exc: BaseException) -> str | None:
+    code = getattr(exc, "code", None)
+    return str(code) if code else None
+
+
+def _too_large(exc: openai.APIError) -> bool:
+    """An upload refused for its size (413, or a message saying the file is too large)."""
+    status = getattr(exc, "status_code", None)
+    text = describe_error(exc).lower()
+    return status == 413 or _error_code(exc) == "file_too_large" or "too large" in text
+
+
+def _stated_bytes(exc: openai.APIError) -> int | None:
+    from ..splitting import stated_limit
+
+    return stated_limit(describe_error(exc))
 
 
 class _Incomplete(Exception):

@@ -54,7 +54,7 @@ def status(
     now = clock()
     out = []
     for rec in journal.files():
-        if rec.state == "loaded" and not include_loaded:
+        if rec.state in ("loaded", "split") and not include_loaded:  # split: parts go on
             continue
         batch_status, counts = rec.batch_status, parse_counts(rec.request_counts)
         if rec.state == "created" and rec.batch_id:
