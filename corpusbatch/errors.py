@@ -9,6 +9,9 @@ traceback.
 
 from __future__ import annotations
 
+import contextlib
+import re
+
 
 class CorpusbatchError(Exception):
     """Root of every error corpusbatch raises on purpose."""
@@ -119,3 +122,65 @@ class LockedError(CorpusbatchError):
     """Another corpusbatch run holds the lock on this index directory."""
 
     exit_code = 75  # EX_TEMPFAIL: try again later
+
+
+# -- secrets: never stored, logged or printed ------------------------------------------
+# Provider error bodies can echo the key, whole or masked ("Incorrect API key provided:
+# sk-abc...wxyz"). Every error text corpusbatch stores, logs or prints goes through
+# redact(); the key of the running process is registered by make_client().
+_SECRETS: set[str] = set()
+_KEY_CHARS = r"[A-Za-z0-9_\-]"
+_MASK = r"(?:\.{3}|…|\*{3,})"
+_KEYLIKE = (
+    # masked keys of OpenAI's form and full keys: sk-..., sk-proj-..., rk-..., pk-...
+    rf"\b(?:sk|rk|pk)-{_KEY_CHARS}*{_MASK}{_KEY_CHARS}*",
+    rf"\b(?:sk|rk|pk)-{_KEY_CHARS}{{16,}}",
+    r"(?i)\bbearer\s+\S+",
+)
+REDACTED = "[redacted]"
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a secret (the API key) so that :func:`redact` hides it and its masks."""
+    if value and len(value) >= 8:
+        _SECRETS.add(value)
+
+
+def redact(text: str) -> str:
+    """``text`` with API keys removed: registered secrets, whole or masked (first or
+    last characters around ``...``, ``…`` or ``***``), and anything shaped like one."""
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+        head, tail = re.escape(secret[:4]), re.escape(secret[-4:])
+        text = re.sub(rf"{head}{_KEY_CHARS}*{_MASK}{_KEY_CHARS}*", REDACTED, text)
+        text = re.sub(rf"{_KEY_CHARS}*{_MASK}{_KEY_CHARS}*{tail}", REDACTED, text)
+    for pattern in _KEYLIKE:
+        text = re.sub(pattern, REDACTED, text)
+    return text
+
+
+def redact_obj(value: object) -> object:
+    """A JSON-like value with every string redacted (for error bodies kept on disk)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: redact_obj(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_obj(v) for v in value]
+    return value
+
+
+def redact_exception(exc: BaseException) -> None:
+    """Redact, in place, the messages of ``exc`` and every exception it was raised from
+    or during, so a traceback (``--debug``) shows no key either."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.args = tuple(redact(a) if isinstance(a, str) else a for a in current.args)
+        for name in ("message", "body"):
+            value = getattr(current, name, None)
+            if value is not None:
+                with contextlib.suppress(AttributeError):
+                    setattr(current, name, redact_obj(value))
+        current = current.__cause__ or current.__context__

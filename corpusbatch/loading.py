@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import itertools
 import json
 import logging
@@ -62,7 +63,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from .errors import LoadError
+from .errors import LoadError, redact
 from .staging import LOOKUP_CHUNK, Staging, lookup, quoted_in
 from .staging import vector_bytes as staging_bytes
 from .types import Chunk, EmbeddingIdentity, content_hash, row_id, vector_key
@@ -216,6 +217,8 @@ class RunStore:
         # FULL, like the journal: a power loss must not leave a file `loaded` in the journal
         # while its vectors were never synced here.
         self.db.execute("PRAGMA synchronous=FULL")
+        # a new store returns freed pages (dropped texts, collected keys) to the disk
+        self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         self.db.executescript(_STORE_SCHEMA)
         self._migrate_vectors()
         self.db.executescript(_VECTORS_SCHEMA)
@@ -383,13 +386,13 @@ class RunStore:
         full check is due), so a nightly count does not read the whole store."""
         scope = " AND source IN (SELECT source FROM changed)" if among_changed else ""
         cur = self.db.execute(
-            "SELECT key, MIN(text), MIN(n_tokens) FROM desired"
+            "SELECT key, MAX(text), MIN(n_tokens) FROM desired"
             " WHERE key NOT IN (SELECT key FROM vectors)"
             f" AND key NOT IN (SELECT key FROM failures){scope}"
             " GROUP BY key ORDER BY key"
         )
         for key, text, n_tokens in cur:
-            if key not in exclude:
+            if key not in exclude and text:  # no text: its source is read again first
                 yield key, text, n_tokens
 
     def texts_for(self, keys: Sequence[str]) -> dict[str, tuple[str, int]]:
@@ -399,11 +402,12 @@ class RunStore:
             part = keys[i : i + 500]
             q = ", ".join("?" * len(part))
             for key, text, n in self.db.execute(
-                f"SELECT key, MIN(text), MIN(n_tokens) FROM desired WHERE key IN ({q})"
+                f"SELECT key, MAX(text), MIN(n_tokens) FROM desired WHERE key IN ({q})"
                 " GROUP BY key",
                 part,
             ):
-                out[key] = (text, n)
+                if text:
+                    out[key] = (text, n)
         return out
 
     def missing_vectors(self, keys: Sequence[str]) -> list[str]:
@@ -552,7 +556,8 @@ class RunStore:
 
     def forget_vectors(self, keys: Collection[str]) -> None:
         """Forget that ``keys`` have vectors (none could be found): their sources are
-        incomplete again and the next run embeds them."""
+        incomplete again and the next run embeds them (reading a source again first
+        where its texts were dropped after publishing)."""
         ordered = sorted(keys)
         with self.transaction() as db:
             for i in range(0, len(ordered), 500):
@@ -560,7 +565,41 @@ class RunStore:
                 q = ", ".join("?" * len(part))
                 self._mark_changed_keys(q, part)
                 db.execute(f"DELETE FROM vectors WHERE key IN ({q})", part)
+                self.rescan(
+                    s
+                    for (s,) in db.execute(
+                        f"SELECT DISTINCT source FROM desired WHERE key IN ({q}) AND text = ''",
+                        part,
+                    ).fetchall()
+                )
         self.staging.delete(ordered)
+
+    def rescan(self, sources: Iterable[str]) -> None:
+        """Make the next scan read and chunk ``sources`` again whatever their stat (their
+        rows lack a text that is needed again); until then they keep their rows."""
+        with self.transaction() as db:
+            db.executemany(
+                "UPDATE sources SET sha256 = '', size = -1, mtime_ns = -1 WHERE source = ?",
+                ((s,) for s in sources),
+            )
+
+    def drop_texts(self, published: Collection[str] | None, keep: Collection[str]) -> None:
+        """Forget the chunk texts of published sources (``None``: every source but
+        ``keep``): the published table holds them now, so each text is stored once."""
+        with self.transaction() as db:
+            if published is None:
+                _stage_sources(self, "texts_keep", keep)
+                db.execute(
+                    "UPDATE desired SET text = '' WHERE text != ''"
+                    " AND source NOT IN (SELECT source FROM texts_keep)"
+                )
+            else:
+                _stage_sources(self, "texts_drop", published)
+                db.execute(
+                    "UPDATE desired SET text = '' WHERE text != ''"
+                    " AND source IN (SELECT source FROM texts_drop)"
+                )
+        self.db.execute("PRAGMA incremental_vacuum")
 
     def collect_garbage(self) -> int:
         """Drop vectors whose text no desired row has any more (under any identity).
@@ -622,6 +661,13 @@ class RunStore:
         """Forget permanent failures so the next run tries those inputs again."""
         with self.transaction():
             self._mark_changed_keys("SELECT key FROM failures", ())
+            self.rescan(  # (a scan in this run reads them again: their texts are needed)
+                s
+                for (s,) in self.db.execute(
+                    "SELECT DISTINCT source FROM desired"
+                    " WHERE key IN (SELECT key FROM failures) AND text = ''"
+                ).fetchall()
+            )
             return self.db.execute("DELETE FROM failures").rowcount
 
     def count(self, table: str) -> int:
@@ -687,7 +733,7 @@ def classify_error(status: int | None, error: Any) -> tuple[str | None, str, Fai
         error = {"message": str(error)}
     code = error.get("code") or error.get("type")
     code = str(code) if code is not None else None
-    message = str(error.get("message") or "no message")
+    message = redact(str(error.get("message") or "no message"))  # stored and reported
     names = {str(error[n]) for n in ("code", "type") if error.get(n) is not None}
     param = error.get("param")
     about_config = param in ("model", "dimensions") or bool(_ABOUT_CONFIG.search(message))
@@ -908,6 +954,13 @@ def load_output(
             )
         reader.path = path
         store.add_vectors((k, v, cid, file_name) for k, v, cid in reader.vectors(path))
+    if result.vectors:
+        # Vectors of the right length came back too: the wrong ones are the provider's
+        # damage, not a --dimensions/--model mismatch (that makes every vector wrong).
+        result.failed = [
+            dataclasses.replace(f, kind="retry") if f.code == "wrong_dimension" else f
+            for f in result.failed
+        ]
     failed_keys = {f.key for f in result.failed}
     for cid, keys in manifest.items():
         if cid not in reader.seen:
@@ -1067,6 +1120,7 @@ class VectorFinder:
         self.from_staging: set[str] = set()
         self.missing: set[str] = set()
         self.skipped_rows = 0  # rows left out because their vector is nowhere
+        self.needs_text: set[str] = set()  # sources of rows whose text was dropped
 
     def find(self, keys: Sequence[str]) -> dict[str, bytes]:
         wanted = list(dict.fromkeys(keys))
@@ -1108,9 +1162,10 @@ def iter_row_batches(
         sql += " WHERE d.source NOT IN (SELECT source FROM publish_skip)"
     cur = store.db.execute(sql + " ORDER BY d.source, d.start_line, d.id")
     while rows := cur.fetchmany(batch_rows):
-        found = finder.find([r[1] for r in rows])
-        kept = [r for r in rows if r[1] in found]
+        found = finder.find([r[1] for r in rows])  # (also for rows lacking a text: a
+        kept = [r for r in rows if r[1] in found and r[7]]  # lost vector is noticed now)
         finder.skipped_rows += len(rows) - len(kept)
+        finder.needs_text.update(r[2] for r in rows if not r[7])
         if kept:
             yield _arrow_batch(kept, [found[r[1]] for r in kept], schema, model)
         if on_rows is not None:
@@ -1258,6 +1313,14 @@ def publish(
     result.incomplete_sources = incomplete
     if result.version is not None and not result.deferred_rebuild:
         _unstage(store, finder)
+        store.drop_texts(result.published_sources, keep=incomplete)
+    if finder.needs_text:
+        log.warning(
+            "%d sources have rows the table lost along with their text; they are read "
+            "again by the next run",
+            len(finder.needs_text),
+        )
+        store.rescan(finder.needs_text)
     if finder.missing:
         log.warning(
             "%d vectors recorded as stored could not be found; their sources will be "
@@ -1397,10 +1460,25 @@ def _rebuild(
         return PublishResult(version=table.version, deferred_rebuild=True)
     log.warning("index identity changed: rebuilding table %r in one commit", table_name)
     old_rows = table.count_rows()
+    _restore_texts(store, table)
     _stage_table_vectors(store, table)
     result = _create(db, table_name, store, schema, model, finder, overwrite=True, on_rows=on_rows)
     result.deleted = old_rows
     return result
+
+
+def _restore_texts(store: RunStore, table: Any) -> None:
+    """Before the table is rebuilt, take back the texts of rows it holds that were
+    dropped from store.db (a layout change keeps row ids; new settings re-chunk, and
+    so have every text already)."""
+    if not store.db.execute("SELECT 1 FROM desired WHERE text = '' LIMIT 1").fetchone():
+        return
+    with store.transaction() as db:
+        for batch in table.search().select(["id", "text"]).limit(None).to_batches(8192):
+            db.executemany(
+                "UPDATE desired SET text = ? WHERE id = ? AND text = ''",
+                zip(batch.column("text").to_pylist(), batch.column("id").to_pylist(), strict=True),
+            )
 
 
 def _stage_table_vectors(store: RunStore, table: Any) -> None:

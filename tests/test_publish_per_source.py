@@ -264,10 +264,13 @@ def test_a_full_check_still_repairs_what_an_incremental_publish_cannot_see(
     assert set(table_rows(db)) == {"a.md"}
     with store.transaction():
         store.mark_dirty()  # what verify --repair does
-    # The table is where a published vector lives: a row deleted outside took its
-    # vector along. The full check notices, and b.md is embedded again, once.
+    # The table is where a published row's vector and text live: a row deleted outside
+    # took them along. The full check notices; b.md is read again and embedded, once.
     full = _publish(db, store)
     assert full.published_sources is None and full.inserted == 0
+    assert store.source_state("b.md") is not None
+    assert store.source_state("b.md").sha256 == ""  # the next scan reads it again
+    scan(store, docs)
     assert store.incomplete_sources() == ["b.md"]
     embed(store, ["beta"])
     assert _publish(db, store).inserted == 1

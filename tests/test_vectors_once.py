@@ -107,6 +107,9 @@ def test_after_a_finished_run_each_vector_is_stored_once(
     with closing(sqlite3.connect(settings.index_dir / "store.db")) as db:
         cols = {r[1] for r in db.execute("PRAGMA table_info(vectors)")}
     assert "vector" not in cols  # store.db records keys, never vector bytes
+    with closing(sqlite3.connect(settings.index_dir / "store.db")) as db:
+        kept = db.execute("SELECT COUNT(*) FROM desired WHERE text != ''").fetchone()[0]
+    assert kept == 0  # nor texts: the published table holds them
     assert store_keys(settings) == table_keys(settings)
     assert_table_is_clean_build(settings, read_files(root), api, clean, previous=[])
 
@@ -223,3 +226,20 @@ def test_an_index_of_the_previous_layout_is_migrated_without_embedding(
     assert table_keys(settings) == store_keys(settings)  # layout 3: rows carry their key
     assert staged_keys(settings) == []
     assert_no_double_billing(api)
+
+
+def test_a_lost_table_is_rebuilt_by_reading_and_embedding_again(
+    tmp_path: Path, api: FakeBatchAPI, clean: CleanBuilder
+) -> None:
+    root = tmp_path / "docs"
+    root.mkdir()
+    write(root, {f"d{i}.md": [para(f"t{i}w")] for i in range(3)})
+    settings = settings_for(tmp_path, api)
+    first = run(root, settings)
+    shutil.rmtree(settings.index_dir / "lancedb")  # the only copy of vectors and texts
+    lost = run(root, settings)  # notices: every source is read again next run
+    assert lost.embedded_vectors == 0
+    again = run(root, settings)
+    assert again.embedded_vectors == first.embedded_vectors
+    assert_table_is_clean_build(settings, read_files(root), api, clean, previous=[])
+    assert run(root, settings).embedded_vectors == 0

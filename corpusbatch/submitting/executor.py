@@ -45,7 +45,7 @@ import httpx2
 import openai
 
 from ..config import Limits, Profile
-from ..errors import BackendError
+from ..errors import BackendError, redact
 from ..journal import FileRecord, Journal
 from ..splitting import (
     Refusal,
@@ -191,6 +191,8 @@ class BatchSubmitter:
         """
         try:
             self.client.batches.list(limit=1)
+        except (AttributeError, TypeError, ValueError):
+            return  # an answer, if not JSON (an HTML page): the provider is there
         except (openai.APIConnectionError, httpx2.HTTPError) as exc:
             raise BackendError(
                 f"cannot reach {self.client.base_url} (no progress for {idle:.0f} s): "
@@ -223,7 +225,9 @@ class BatchSubmitter:
                 # Some clones use another purpose string ("batch-api"); the SDK's Literal
                 # type lists OpenAI's only.
                 purpose: Any = self.adapter.upload_purpose
-                obj = self._once.files.create(file=(rec.name, fh), purpose=purpose)
+                obj = _answer(
+                    self._once.files.create(file=(rec.name, fh), purpose=purpose), "upload"
+                )
         except openai.APIError as exc:
             return self._upload_failed(journal, rec, exc)
         journal.update(rec.name, "uploaded", input_file_id=obj.id)
@@ -269,7 +273,11 @@ class BatchSubmitter:
             raise fatal from exc
         if _transient(exc):
             # The file may have arrived anyway: stay in `uploading` and reconcile next round.
-            log.warning("%s: upload did not complete (%s); will check and retry", rec.name, exc)
+            log.warning(
+                "%s: upload did not complete (%s); will check and retry",
+                rec.name,
+                describe_error(exc),
+            )
             return False
         if _too_large(exc):
             ref = Refusal(
@@ -299,7 +307,7 @@ class BatchSubmitter:
             found = self._uploaded_files({r.name for r in stuck})
         except openai.APIError as exc:
             self._raise_unless_transient(exc, "listing uploaded files")
-            log.warning("cannot list uploaded files yet (%s)", exc)
+            log.warning("cannot list uploaded files yet (%s)", describe_error(exc))
             return
         for rec in stuck:
             match = found.get((rec.name, self._upload_size(rec)))
@@ -312,7 +320,7 @@ class BatchSubmitter:
 
     def _uploaded_files(self, names: set[str]) -> dict[tuple[str, int], str]:
         found: dict[tuple[str, int], str] = {}
-        page = self.client.files.list(purpose=self.adapter.upload_purpose)
+        page = _listed(lambda: self.client.files.list(purpose=self.adapter.upload_purpose))
         for n, obj in enumerate(_pages(page)):
             if n >= self.list_pages * 10_000:
                 break
@@ -514,7 +522,7 @@ class BatchSubmitter:
         oldest = min((r.created_at for r in pending), default=self._clock()) - 86_400
         found: dict[tuple[str, ...], Any] = {}
         try:
-            page = self.client.batches.list(limit=100)
+            page = _listed(lambda: self.client.batches.list(limit=100))
             for n, batch in enumerate(_pages(page)):
                 if n >= self.list_pages * 100 or (batch.created_at or 0) < oldest:
                     break
@@ -523,7 +531,7 @@ class BatchSubmitter:
                     found.setdefault(key, batch)
         except openai.APIError as exc:
             self._raise_unless_transient(exc, "listing batches")
-            log.warning("cannot list batches to reconcile (%s); will retry", exc)
+            log.warning("cannot list batches to reconcile (%s); will retry", describe_error(exc))
             return None
         return found
 
@@ -546,7 +554,7 @@ class BatchSubmitter:
             output_expires_after=self.output_expires_after,
         )
         try:
-            batch = self._once.batches.create(**kwargs)
+            batch = _answer(self._once.batches.create(**kwargs), "batch create", batch=True)
         except openai.APIError as exc:
             return self._create_failed(journal, rec, exc, step)
         self._created(journal, rec, batch, adopted=False)
@@ -572,7 +580,9 @@ class BatchSubmitter:
         if _transient(exc):
             # A 5xx or a dropped connection may come after the batch was made: stay in
             # `creating`; the next round lists batches before it would create again.
-            log.warning("%s: batch create unconfirmed (%s); will reconcile", rec.name, exc)
+            log.warning(
+                "%s: batch create unconfirmed (%s); will reconcile", rec.name, describe_error(exc)
+            )
             return False
         ref = refusal([(_error_code(exc), describe_error(exc), None)])
         if ref is not None and self._refused_for_limit(journal, rec, ref):
@@ -630,13 +640,13 @@ class BatchSubmitter:
     def _poll(self, journal: Journal, rec: FileRecord, step: _Round) -> Any | None:
         assert rec.batch_id is not None, rec.name
         try:
-            batch = self.client.batches.retrieve(rec.batch_id)
+            batch = _answer(self.client.batches.retrieve(rec.batch_id), "batch poll", batch=True)
         except openai.NotFoundError:
             self._batch_missing(journal, rec, step)
             return None
         except openai.APIError as exc:
             self._raise_if_fatal(exc)
-            log.info("%s: poll failed (%s); will retry", rec.name, exc)
+            log.info("%s: poll failed (%s); will retry", rec.name, describe_error(exc))
             return None
         status = self.adapter.status(batch.status)
         counts = counts_json(batch)
@@ -694,7 +704,7 @@ class BatchSubmitter:
         """
         ours = _meta_key(self._metadata(rec))
         try:
-            page = self.client.batches.list(limit=100)
+            page = _listed(lambda: self.client.batches.list(limit=100))
             for n, batch in enumerate(_pages(page)):
                 if n >= self.list_pages * 100 or (batch.created_at or 0) < rec.created_at - 60:
                     break
@@ -707,7 +717,9 @@ class BatchSubmitter:
                     return batch
         except openai.APIError as exc:
             self._raise_unless_transient(exc, "listing batches")
-            log.warning("cannot list batches to look for %s (%s)", rec.batch_id, exc)
+            log.warning(
+                "cannot list batches to look for %s (%s)", rec.batch_id, describe_error(exc)
+            )
             return _UNKNOWN
         return None
 
@@ -732,9 +744,11 @@ class BatchSubmitter:
             self._emit(f"{rec.name}: provider queue full; will create the batch again later")
             return
         errors = self.adapter.batch_errors(batch) or [(None, "no error details given", None)]
-        text = "; ".join(
-            f"{code or 'error'}{f' at line {line}' if line else ''}: {msg}"
-            for code, msg, line in errors
+        text = redact(
+            "; ".join(
+                f"{code or 'error'}{f' at line {line}' if line else ''}: {msg}"
+                for code, msg, line in errors
+            )
         )
         if self.adapter.is_capacity_failure(batch):
             text += (
@@ -799,7 +813,12 @@ class BatchSubmitter:
                 ) from exc
             except (openai.APIError, httpx2.HTTPError, _Incomplete) as exc:
                 self._raise_if_fatal(exc)
-                log.warning("%s: download of %s failed (%s); will retry", rec.name, file_id, exc)
+                log.warning(
+                    "%s: download of %s failed (%s); will retry",
+                    rec.name,
+                    file_id,
+                    describe_error(exc),
+                )
                 return False
             if self.adapter.rewrites_lines:
                 convert_lines(dest, dest, self.adapter.output_line)
@@ -821,13 +840,15 @@ class BatchSubmitter:
                     raise
                 if attempt == self.download_attempts:
                     raise
-                log.info("download of %s interrupted (%s); retrying", file_id, exc)
+                log.info("download of %s interrupted (%s); retrying", file_id, describe_error(exc))
                 self._sleep(min(self.poll_interval, 0.5 * 2**attempt) * self._rng.random())
         os.replace(part, dest)
         _fsync_dir(dest.parent)
 
     def _fetch_once(self, file_id: str, part: Path) -> None:
         with self.client.files.with_streaming_response.content(file_id) as resp:
+            if "html" in resp.headers.get("content-type", "").lower():
+                raise _Incomplete("the provider sent an HTML page instead of the file")
             expected = resp.headers.get("content-length")
             written = 0
             with part.open("wb") as fh:
@@ -863,7 +884,7 @@ class BatchSubmitter:
                 pass  # already gone (expired, or deleted before a crash)
             except openai.APIError as exc:
                 # Cleanup is a courtesy (files expire anyway): never stop a run for it.
-                log.info("%s: could not delete %s (%s)", rec.name, file_id, exc)
+                log.info("%s: could not delete %s (%s)", rec.name, file_id, describe_error(exc))
                 return
         journal.update(rec.name, remote_deleted=1)
 
@@ -915,8 +936,53 @@ def _meta_key(meta: Mapping[str, str]) -> tuple[str, ...] | None:
 
 
 def _pages(page: Any) -> Iterator[Any]:
-    """Items across cursor pages (the SDK's auto-pagination, made explicit for typing)."""
-    yield from page
+    """Items across cursor pages (the SDK's auto-pagination, made explicit for typing).
+
+    A page that is not a list of objects (an HTML error page answered with 200) raises
+    :class:`GarbledAnswer`, a transient error, instead of being iterated as text."""
+    if isinstance(page, str | bytes) or not hasattr(page, "__iter__"):
+        raise GarbledAnswer("list", page)
+    items = iter(page)
+    while True:
+        try:  # fetching the next page may meet an HTML page too
+            item = next(items)
+        except StopIteration:
+            return
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise GarbledAnswer("list", exc) from exc
+        yield _answer(item, "list")
+
+
+def _listed(call: Callable[[], Any]) -> Any:
+    """The first page of a list call; an answer the SDK cannot page through (it fails
+    inside on a 200 HTML page) becomes :class:`GarbledAnswer`."""
+    try:
+        return call()
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise GarbledAnswer("list", exc) from exc
+
+
+class GarbledAnswer(openai.APIConnectionError):
+    """A 200 answer that is not the JSON object asked for: an HTML error page of a proxy,
+    a truncated body, an ``{"error": ...}`` object. Transient: the call is tried (or the
+    state reconciled) again later, like a dropped connection."""
+
+    def __init__(self, what: str, answer: Any) -> None:
+        snippet = " ".join(str(answer)[:80].split())
+        super().__init__(
+            message=f"{what}: the provider's answer is not the expected JSON object ({snippet!r})",
+            request=httpx2.Request("GET", "http://answer.invalid/"),
+        )
+
+
+def _answer(obj: Any, what: str, *, batch: bool = False) -> Any:
+    """``obj`` if it is an API object with an id (and, for a batch, a status)."""
+    ok = isinstance(getattr(obj, "id", None), str) and bool(obj.id)
+    if ok and batch:
+        ok = isinstance(getattr(obj, "status", None), str) and bool(obj.status)
+    if not ok:
+        raise GarbledAnswer(what, obj)
+    return obj
 
 
 def counts_json(batch: Any) -> str | None:

@@ -24,7 +24,7 @@ from typing import Any
 
 import openai
 
-from ..errors import BackendError
+from ..errors import BackendError, redact_obj
 from ..journal import FileRecord, Journal
 from ..loading import classify_error
 from .adapter import describe_error
@@ -153,7 +153,7 @@ def _stop_if_not_about_the_input(exc: openai.APIStatusError) -> None:
 def _damaged(cid: Any, exc: Exception) -> dict[str, Any]:
     """An error line for a 200 answer that cannot be read: the provider's trouble, so the
     loader sends its inputs again (``retry``), and the run goes on."""
-    log.warning("%s: unreadable answer from the embeddings API (%s)", cid, exc)
+    log.warning("%s: unreadable answer from the embeddings API (%s)", cid, describe_error(exc))
     message = f"unreadable answer: {type(exc).__name__}: {str(exc)[:200]}"
     return {
         "custom_id": cid,
@@ -203,7 +203,7 @@ def _error_body(exc: openai.APIStatusError) -> dict[str, Any]:
     error = body.get("error", body) if isinstance(body, dict) else {}
     if not isinstance(error, dict) or "message" not in error:
         error = {"message": describe_error(exc), "code": None}
-    return {"error": error}
+    return {"error": redact_obj(error)}  # written to outputs/: no key echoed by the body
 
 
 def _error_line(cid: Any, status: int, body: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import openai
 
 from ..journal import Journal
 from .adapter import ProviderAdapter, describe_error
-from .executor import TERMINAL_STATUSES, counts_json, parse_counts
+from .executor import TERMINAL_STATUSES, _answer, counts_json, parse_counts
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +59,11 @@ def status(
         batch_status, counts = rec.batch_status, parse_counts(rec.request_counts)
         if rec.state == "created" and rec.batch_id:
             try:
-                batch = client.batches.retrieve(rec.batch_id)
+                batch = _answer(client.batches.retrieve(rec.batch_id), "status", batch=True)
                 batch_status = adapter.status(batch.status)
                 counts = parse_counts(counts_json(batch))
-            except openai.APIError as exc:
-                log.info("status of %s unavailable (%s)", rec.batch_id, exc)
+            except openai.APIError as exc:  # GarbledAnswer (an HTML page) included
+                log.info("status of %s unavailable (%s)", rec.batch_id, describe_error(exc))
         out.append(
             BatchStatus(
                 file=rec.name,
@@ -97,6 +97,8 @@ def cancel(journal: Journal, client: openai.OpenAI) -> list[str]:
         except (openai.BadRequestError, openai.NotFoundError, openai.ConflictError) as exc:
             log.info("%s: not cancelled (%s)", rec.batch_id, describe_error(exc))
             continue
-        journal.update(rec.name, batch_status=batch.status)
+        status = getattr(batch, "status", None)
+        if isinstance(status, str) and status:  # not an HTML page answered with 200
+            journal.update(rec.name, batch_status=status)
         cancelled.append(rec.batch_id)
     return cancelled
