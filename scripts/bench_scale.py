@@ -20,9 +20,10 @@ the vectors: the loader runs as each batch file finishes), ``publish``, ``total`
 CPU seconds of the CLI and its workers (``wait4``); peak RSS (the largest single
 process, exact from ``wait4``, and the sum over the process tree, sampled every
 ``--sample`` seconds from ``/proc``); the fake server's RSS and CPU separately; the
-index directory's size by part (``store.db``, ``state.db``, ``lancedb/``, ``batches/``,
-``outputs/``), the published table's size (its directory, all versions kept, and the
-bytes of its latest version) and the ratio of the index directory to the table.
+index directory's size by part (``store.db``, ``state.db``, ``lancedb/``, ``staging/``,
+``batches/``, ``outputs/``; SQLite ``-wal`` files count with their database), the
+published table's size (its directory, all versions kept, and the bytes of its latest
+version) and the ratio of the index directory to the table.
 
 Linux only (``/proc``, ``wait4``); no network; not part of the test suite
 (``tests/test_bench_scale.py`` runs it once at 2,000 chunks).
@@ -267,6 +268,7 @@ def index_sizes(index_dir: Path) -> dict[str, float]:
         "store.db": 0,
         "state.db": 0,
         "lancedb": 0,
+        "staging": 0,
         "batches": 0,
         "outputs": 0,
         "other": 0,
@@ -431,7 +433,8 @@ def _describe(r: dict[str, Any]) -> str:
         f"new {rep['new']} changed {rep['changed']} deleted {rep['deleted']}; "
         f"stderr {r['stderr_lines']} lines ({r['stderr_warn_lines']} WARN)\n"
         f"    index {s['total']:.1f} MB = store.db {s['store.db']:.1f} + state.db "
-        f"{s['state.db']:.1f} + lancedb {s['lancedb']:.1f} + batches {s['batches']:.1f} + "
+        f"{s['state.db']:.1f} + lancedb {s['lancedb']:.1f} + staging {s['staging']:.1f} + "
+        f"batches {s['batches']:.1f} + "
         f"outputs {s['outputs']:.1f} + other {s['other']:.1f}; table {t.get('dir_mb')} MB "
         f"on disk ({t.get('versions')} versions), latest {t.get('latest_mb')} MB, "
         f"{t.get('rows')} rows; index/table {r['ratio_index_to_table']}"
