@@ -14,8 +14,11 @@ error even as root: the source must keep its last published rows, be reported in
 ``skipped``, and be read again once restored), run ``collect`` with other
 ``--dimensions`` while batches are in flight (it loads them under their own identity and
 publishes nothing), run the CLI with a key the provider refuses (exit 1, table
-unchanged, then the good key converges), or damage one real-time answer (bad base64,
-non-object items, truncated JSON, a left-out item, duplicated indexes).
+unchanged, then the good key converges), damage one real-time answer (bad base64,
+non-object items, truncated JSON, a left-out item, duplicated indexes), hand back hostile
+Batch API output (unknown custom_ids, duplicated lines, another batch's output file,
+wrong vector lengths, NaN/inf, an HTML page on poll, list, create, upload or download),
+or shrink the provider's queue below the files' size (refused, limit learned, split).
 
 CI runs ``NIGHTS`` nights of one seed. For long runs::
 
@@ -62,6 +65,7 @@ from invariants import (
 import corpusbatch
 from corpusbatch import Settings, collect, scanning
 from corpusbatch.errors import CorpusbatchError
+from corpusbatch.pipeline import resolve_identity
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +75,7 @@ SEED = int(os.environ.get("CORPUSBATCH_SEED", "20251"))
 KEEP_GOING = os.environ.get("CORPUSBATCH_KEEP_GOING", "") not in ("", "0")
 # comma-separated operations/faults to leave out, to hunt past a known bug:
 # e.g. "no-wait,empty,vanish2" (ops: index no-wait collect plan verify kill empty;
-# extensions: unreadable collect-dims cli-bad-key rt_damage)
+# extensions: unreadable collect-dims cli-bad-key rt_damage hostile token_split)
 SKIP = set(filter(None, os.environ.get("CORPUSBATCH_SKIP", "").split(",")))
 # a file to append each night's steps to as the walk goes (long walks under `timeout`)
 STEPS_LOG = os.environ.get("CORPUSBATCH_STEPS_LOG", "")
@@ -108,6 +112,21 @@ WORDS = [
 ]
 MODELS = ("text-embedding-3-small", "text-embedding-3-large")
 RT_DAMAGE = ("bad_base64", "non_object_item", "truncated_json", "drop_item", "dup_index")
+# hostile Batch API output (extension, own stream): fakeapi's hostile_next,
+# malformed_next and html_next kinds
+HOSTILE = (
+    "unknown_custom_id",
+    "duplicate_line",
+    "other_batch",
+    "wrong_dims",
+    "nan",
+    "inf",
+    "html_retrieve",
+    "html_list",
+    "html_content",
+    "html_create",
+    "html_upload",
+)
 KILL_POINTS = ("upload", "create", "retrieve", "download", "downloaded", "delete")
 LIMITS = {"max_inputs_per_file": 6, "max_inputs_per_request": 3}
 CHUNK_TOKENS = 60
@@ -338,6 +357,7 @@ class Walk:
         api.malformed_next, api.drop_lines_next, api.create_faults = [], [], []
         api.download_drops = 0
         api.realtime_damage = []
+        api.token_cap, api.hostile_next, api.html_next = None, [], []
         api.clear_kills()
 
     # ------------------------------------------------------------------- checking ---
@@ -539,6 +559,11 @@ class Walk:
         if damage:
             self.duplicate_rows(settings)
             label = "duplicate 2 rows; verify --repair"
+        if self.previous and self.xrng.random() < 0.3:
+            # the table is the only copy of a published vector and text: rows deleted by
+            # hand are read and paid for again (once), and the table must recover whole
+            self.delete_rows(settings)
+            label = ("" if not damage else "duplicate 2 rows, ") + "delete 2 rows; verify --repair"
         files = read_files(self.root)
         outcome, value = self.library(lambda: verify(settings, self.root, repair=True, api_key="k"))
         if outcome == "ok":
@@ -551,6 +576,16 @@ class Walk:
             self.steps.append(f"  {label} -> IndexNotFound (no index yet)")
             return
         self.outcome(label, outcome, value, fault, settings, files, False)
+
+    def delete_rows(self, settings: Settings) -> None:
+        import lancedb
+
+        table = lancedb.connect(str(settings.index_dir / "lancedb")).open_table(settings.table)
+        rows = table.to_arrow().select(["id", "text"]).to_pylist()
+        ident = resolve_identity(settings)
+        for row in self.xrng.sample(rows, min(2, len(rows))):
+            table.delete(f"id = '{row['id']}'")
+            self.collected[(ident.model, ident.dimensions, ident.embed_text(row["text"]))] += 1
 
     def duplicate_rows(self, settings: Settings) -> None:
         import lancedb
@@ -645,6 +680,22 @@ class Walk:
             self.api.realtime_damage = [kind]
             fault = "rt_damage"
             notes.append(f"fault rt_damage {kind}")
+        if op in ("index", "no-wait", "collect") and fault is None:
+            if xrng.random() < 0.12 * _on("hostile"):
+                kind = xrng.choice(HOSTILE)
+                if kind.startswith("html_"):
+                    self.api.html_next = [kind.removeprefix("html_")]
+                elif kind in ("wrong_dims", "nan", "inf"):
+                    self.api.malformed_next = [kind]
+                else:
+                    self.api.hostile_next = [kind]
+                fault = "hostile"
+                notes.append(f"fault hostile {kind}")
+            elif op != "collect" and xrng.random() < 0.1 * _on("token_split"):
+                # the provider's queue is smaller than any file: refused, learned, split
+                self.api.token_cap = xrng.choice([60, 120])
+                fault = "token_split"
+                notes.append(f"fault token_split (queue of {self.api.token_cap} tokens)")
         return op, fault
 
     def one_night(self) -> None:
