@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import click
 
 from .config import PROFILES, Settings, settings_from
-from .errors import ConfigError, CorpusbatchError, redact, redact_exception
+from .errors import ConfigError, CorpusbatchError
 
 EXIT_PARTIAL = 4
 EXIT_DEFERRED = 5
@@ -110,13 +110,6 @@ class _TqdmHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.handleError(record)
 
 
-class _RedactingFormatter(logging.Formatter):
-    """Log lines (tracebacks included) with any API key an error echoes redacted."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
-
-
 def _setup_logging(verbose: int, quiet: bool) -> None:
     """Plain timestamped INFO lines off a terminal; on one, bars plus warnings (-v: INFO)."""
     tty = sys.stderr.isatty()
@@ -130,7 +123,7 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
         level = logging.INFO
     handler: logging.Handler = _TqdmHandler() if tty else logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        _RedactingFormatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+        logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
     )
     root = logging.getLogger("corpusbatch")
     root.handlers[:] = [handler]
@@ -146,7 +139,6 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except CorpusbatchError as exc:
-            redact_exception(exc)  # the message and what it was raised from: no key
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             click.echo(f"error: {exc}", err=True)
@@ -182,7 +174,15 @@ _MODEL = [
     click.option(
         "--dimensions",
         type=int,
-        help="Ask the model for shorter vectors (text-embedding-3 only).",
+        help="Ask the model for shorter vectors (models that accept it: text-embedding-3, "
+        "or a model not built in whose provider takes the field).",
+    ),
+    click.option(
+        "--model-dimensions",
+        type=click.IntRange(min=1),
+        metavar="N",
+        help="Vector length of a model corpusbatch does not know (default: learned from "
+        "the provider with a one-input request on the first index).",
     ),
     click.option("--input-prefix", help="Text prepended to every chunk before embedding."),
 ]
@@ -276,12 +276,17 @@ def _print_report(report: dict[str, Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
         return
+    approx = "~" if report.get("tokens_estimated") else ""  # counted by a stand-in tokenizer
     lines = [
         f"documents {report['documents']} ({report['documents_read']} files read, "
         f"{len(report['skipped'])} skipped), chunks {report['chunks']}",
-        f"to embed: {report['to_embed_inputs']} inputs, {report['to_embed_tokens']:,} tokens "
-        f"in {report['files_planned']} files, {report['waves']} waves; " + _cost(report),
+        f"to embed: {report['to_embed_inputs']} inputs, {approx}{report['to_embed_tokens']:,} "
+        f"tokens{' (estimated)' if approx else ''} in {report['files_planned']} files, "
+        f"{report['waves']} waves; " + _cost(report),
     ]
+    if report.get("probe"):
+        lines.append(report["probe"]["note"])
+    lines.extend(report.get("model_notes") or [])
     if report.get("published"):
         lines.append(
             f"table: {report['new']} new, {report['changed']} changed, {report['unchanged']} "

@@ -28,6 +28,7 @@ Remembered settings are not trusted to direct keys. `collect`, `status`, `cancel
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import tomllib
@@ -57,6 +58,18 @@ class Limits:
     max_enqueued_requests: int | None = 1_000_000
 
 
+# Token counts of a model whose own tokenizer corpusbatch cannot load are estimates:
+# cl100k_base stands in for it. Such a model's chunks, request lines and files are
+# planned against TOKEN_MARGIN of each token limit, which stays under the limit as long
+# as the model's tokenizer counts at most 1/TOKEN_MARGIN (1.33x) what cl100k_base
+# counts. The provider's reported usage (`usage.prompt_tokens` of every output line) is
+# compared with the estimate as each file loads; when it counted more than the estimate
+# the ratio is remembered (ModelFacts.token_ratio) and later plans use
+# min(TOKEN_MARGIN, TOKEN_HEADROOM / ratio) of each limit instead.
+TOKEN_MARGIN = 0.75
+TOKEN_HEADROOM = 0.9
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What the planner and chunker must know about one embedding model."""
@@ -64,11 +77,98 @@ class ModelSpec:
     name: str
     tokenizer: str  # "cl100k_base" or "local-minilm"
     max_input_tokens: int  # tokens of text per input, special tokens excluded
-    dimensions: int  # native vector length
+    dimensions: int  # native vector length; 0: unknown (a model not built in, not probed)
     default_chunk_tokens: int
     batch_price_per_mtok: float = 0.0  # USD per 1M input tokens, Batch API
     realtime_price_per_mtok: float = 0.0  # USD per 1M input tokens, real-time API
-    supports_dimensions: bool = False  # accepts the `dimensions` request field
+    # accepts the `dimensions` request field; None: unknown (a model not built in)
+    supports_dimensions: bool | None = False
+    # share of every token limit that plans may fill: 1.0 when `tokenizer` is the model's
+    # own (counts are exact), below 1 when it only stands in for it (counts are estimates)
+    token_margin: float = 1.0
+    builtin: bool = True  # False: a model corpusbatch does not know (learned at run time)
+
+    @property
+    def estimated_tokens(self) -> bool:
+        """Token counts are an estimate (the model's own tokenizer is not available)."""
+        return self.token_margin < 1.0
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What an index learned at run time about a model it does not know.
+
+    Kept in ``state.db``'s ``meta`` table per target (provider and base URL) and model
+    (``pipeline.with_learned`` reads them): the native vector length and whether the
+    ``dimensions`` request field is accepted (from a one-input probe, or from the
+    provider's answer to it), and the highest ratio of the provider's reported
+    ``usage.prompt_tokens`` to corpusbatch's estimate seen so far (above 1: the
+    estimate was low, and later plans keep further under the limits).
+    """
+
+    dimensions: int | None = None
+    accepts_dimensions: bool | None = None
+    token_ratio: float | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str | None) -> ModelFacts:
+        try:
+            data = json.loads(raw) if raw else {}
+        except ValueError:
+            return cls()
+        if not isinstance(data, dict):
+            return cls()
+        dims, accepts, ratio = (
+            data.get(k) for k in ("dimensions", "accepts_dimensions", "token_ratio")
+        )
+        return cls(
+            dimensions=dims if isinstance(dims, int) and dims > 0 else None,
+            accepts_dimensions=accepts if isinstance(accepts, bool) else None,
+            token_ratio=float(ratio)
+            if isinstance(ratio, int | float) and math.isfinite(ratio) and ratio > 0
+            else None,
+        )
+
+    def merged(self, other: ModelFacts) -> ModelFacts:
+        """These facts with ``other``'s known ones on top (a token ratio only grows)."""
+        ratios = [r for r in (self.token_ratio, other.token_ratio) if r is not None]
+        return ModelFacts(
+            dimensions=other.dimensions or self.dimensions,
+            accepts_dimensions=other.accepts_dimensions
+            if other.accepts_dimensions is not None
+            else self.accepts_dimensions,
+            token_ratio=max(ratios) if ratios else None,
+        )
+
+
+def token_scale(spec: ModelSpec, facts: ModelFacts | None) -> float:
+    """Share of each token limit a plan for ``spec`` may fill (see TOKEN_MARGIN)."""
+    if not spec.estimated_tokens:
+        return 1.0
+    ratio = facts.token_ratio if facts is not None else None
+    if ratio is not None and ratio > 1.0:
+        return min(spec.token_margin, TOKEN_HEADROOM / ratio)
+    return spec.token_margin
+
+
+def planning_limits(limits: Limits, scale: float) -> Limits:
+    """``limits`` with every token limit scaled by ``scale`` (estimated token counts)."""
+    if scale >= 1.0:
+        return limits
+
+    def cut(value: int | None) -> int | None:
+        return None if value is None else max(1, int(value * scale))
+
+    return replace(
+        limits,
+        max_tokens_per_file=cut(limits.max_tokens_per_file),
+        max_tokens_per_request=max(1, int(limits.max_tokens_per_request * scale)),
+        max_tokens_per_input=max(1, int(limits.max_tokens_per_input * scale)),
+        max_enqueued_tokens=cut(limits.max_enqueued_tokens),
+    )
 
 
 @dataclass(frozen=True)
@@ -92,14 +192,19 @@ class Profile:
                 f"model {name!r} is not available on the local backend",
                 hint=f"use --model {self.default_model} or choose a remote --provider",
             )
-        # An unknown remote model: count with cl100k_base and leave headroom, since its
-        # own tokenizer may produce more tokens than cl100k_base for the same text.
+        # A model corpusbatch does not know: count with cl100k_base and plan within
+        # TOKEN_MARGIN of every token limit, since its own tokenizer may produce more
+        # tokens for the same text. Its vector length and whether it accepts
+        # `dimensions` are learned at run time (Settings.model_spec applies them).
         return ModelSpec(
             name=name,
             tokenizer="cl100k_base",
-            max_input_tokens=int(self.limits.max_tokens_per_input * 0.75),
+            max_input_tokens=int(self.limits.max_tokens_per_input * TOKEN_MARGIN),
             dimensions=0,
             default_chunk_tokens=384,
+            supports_dimensions=None,
+            token_margin=TOKEN_MARGIN,
+            builtin=False,
         )
 
 
@@ -117,14 +222,32 @@ _OPENAI_MODELS = {
 
 # DeepInfra models use their own tokenizers, which corpusbatch cannot load offline;
 # cl100k_base counts with a 25% margin stand in (max_input_tokens below is the margin'd
-# budget). Prices: real-time list price, batch 20% below it. Override in corpusbatch.toml.
+# budget, token_margin the same margin on request and file token limits). Prices:
+# real-time list price, batch 20% below it. Override in corpusbatch.toml.
 _DEEPINFRA_MODELS = {
-    "BAAI/bge-m3": ModelSpec("BAAI/bge-m3", "cl100k_base", 6_000, 1024, 512, 0.008, 0.010),
+    "BAAI/bge-m3": ModelSpec(
+        "BAAI/bge-m3", "cl100k_base", 6_000, 1024, 512, 0.008, 0.010, token_margin=TOKEN_MARGIN
+    ),
     "Qwen/Qwen3-Embedding-8B": ModelSpec(
-        "Qwen/Qwen3-Embedding-8B", "cl100k_base", 6_000, 4096, 512, 0.008, 0.010, True
+        "Qwen/Qwen3-Embedding-8B",
+        "cl100k_base",
+        6_000,
+        4096,
+        512,
+        0.008,
+        0.010,
+        supports_dimensions=True,
+        token_margin=TOKEN_MARGIN,
     ),
     "intfloat/multilingual-e5-large": ModelSpec(
-        "intfloat/multilingual-e5-large", "cl100k_base", 380, 1024, 256, 0.008, 0.010
+        "intfloat/multilingual-e5-large",
+        "cl100k_base",
+        380,
+        1024,
+        256,
+        0.008,
+        0.010,
+        token_margin=TOKEN_MARGIN,
     ),
 }
 
@@ -203,6 +326,15 @@ class Settings:
     # was only hidden for a while. Counted across runs, so `--no-wait` cron jobs see it.
     missing_batch_grace: float = 3600.0
     scan_workers: int | None = None  # processes that read and chunk; None: the cores available
+    # For a model corpusbatch does not know (any model of a generic provider, a DeepInfra
+    # model outside the built-in list): its native vector length, and whether it accepts
+    # the `dimensions` request field. Unset, both are learned from the provider on the
+    # first `index` (a one-input probe, priced and shown) and kept in the index.
+    model_dimensions: int | None = None
+    model_accepts_dimensions: bool | None = None
+    # What the index learned about the model (ModelFacts); filled in by the pipeline from
+    # the index directory, not a config key.
+    learned: ModelFacts | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.api_key_env is not None and not plausible_env_name(self.api_key_env):
@@ -236,7 +368,33 @@ class Settings:
         return profile
 
     def model_spec(self) -> ModelSpec:
-        spec = self.profile().model(self.model)
+        """The model's spec; for a model not built in, with what is declared
+        (``model_dimensions``, ``model_accepts_dimensions``) or was learned (``learned``)
+        about it, and its token limits tightened by a learned token ratio."""
+        profile = self.profile()
+        spec = profile.model(self.model)
+        learned = self.learned or ModelFacts()
+        if not spec.builtin:
+            declared = self.model_accepts_dimensions
+            spec = replace(
+                spec,
+                dimensions=self.model_dimensions or learned.dimensions or 0,
+                supports_dimensions=declared
+                if declared is not None
+                else learned.accepts_dimensions,
+            )
+        scale = token_scale(spec, learned)
+        if scale < spec.token_margin:
+            # the input limit the margin'd budget stood for, times the tighter share
+            stated = min(
+                spec.max_input_tokens / spec.token_margin, profile.limits.max_tokens_per_input
+            )
+            tight = int(stated * scale)
+            spec = replace(
+                spec,
+                token_margin=scale,
+                max_input_tokens=max(1, min(spec.max_input_tokens, tight)),
+            )
         if self.prices:
             spec = replace(
                 spec,
@@ -249,9 +407,14 @@ class Settings:
         spec = self.model_spec()
         limit = min(spec.max_input_tokens, self.profile().limits.max_tokens_per_input)
         size = self.chunk_tokens or spec.default_chunk_tokens
-        if size > limit:
+        nominal = limit
+        if self.learned is not None and self.learned.token_ratio:
+            # a limit tightened by a learned token ratio cuts chunks; it does not refuse
+            # a chunk size that fitted the limit as stated
+            nominal = replace(self, learned=None).effective_limit()
+        if size > nominal:
             raise ConfigError(
-                f"chunk size {size} exceeds {spec.name}'s {limit}-token input limit",
+                f"chunk size {size} exceeds {spec.name}'s {nominal}-token input limit",
                 hint="lower --chunk-tokens or choose another model",
             )
         if self.overlap_tokens < 0 or self.overlap_tokens >= size:
@@ -261,8 +424,13 @@ class Settings:
             )
         return min(size, limit)
 
+    def effective_limit(self) -> int:
+        """Tokens one chunk may have under the model's and the provider's input limit."""
+        spec = self.model_spec()
+        return min(spec.max_input_tokens, self.profile().limits.max_tokens_per_input)
 
-_SETTINGS_KEYS = {f.name for f in dataclasses.fields(Settings)}
+
+_SETTINGS_KEYS = {f.name for f in dataclasses.fields(Settings)} - {"learned"}
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
@@ -389,6 +557,8 @@ REMEMBERED = (
     "missing_batch_grace",
     "poll_interval",
     "delete_remote_files",
+    "model_dimensions",
+    "model_accepts_dimensions",
 )
 
 

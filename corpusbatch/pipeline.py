@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .chunking import Chunker, ChunkerConfig
-from .config import Limits, Settings, remembered
+from .config import Limits, ModelFacts, Settings, planning_limits, remembered
 from .errors import (
     BackendError,
     ConfigError,
@@ -52,7 +52,7 @@ from .planning import PlanSummary, plan_files, read_manifest, summarize, waves
 from .scanning import FileResult, FileTask, ScanJob, default_workers, read_files
 from .sources import list_files
 from .splitting import effective_limits
-from .tokenizers import Tokenizer, get_tokenizer
+from .tokenizers import Tokenizer, get_tokenizer, usage_ratio
 from .types import EmbeddingIdentity, EmbedItem, PlannedFile
 from .workspace import IndexPaths, connect, index_lock
 
@@ -108,6 +108,11 @@ class RunReport:
     to_embed_tokens: int = 0
     files_planned: int = 0
     route: str = ""  # "local", "batch" or "realtime"
+    # token counts are estimates (the model's own tokenizer is not available offline)
+    tokens_estimated: bool = False
+    # what this run learned about a model corpusbatch does not know, or still has to
+    probe: dict[str, Any] | None = None  # the one-input probe: tokens, cost, what it said
+    model_notes: list[str] = field(default_factory=list)
     estimated_cost_batch: float = 0.0
     estimated_cost_realtime: float = 0.0
     waves: int = 0
@@ -181,26 +186,144 @@ class _Context:
         }
 
 
-def resolve_identity(settings: Settings) -> EmbeddingIdentity:
-    """The embedding identity the settings describe."""
+def resolve_identity(settings: Settings, *, unknown_ok: bool = False) -> EmbeddingIdentity:
+    """The embedding identity the settings describe.
+
+    A model corpusbatch does not know has its vector length and ``dimensions`` support
+    from the flags or from what the index learned (:func:`with_learned`). ``dimensions``
+    is sent only to a model that accepts it; asking a model that does not for its own
+    native length sends nothing. With ``unknown_ok`` (a dry run) what is not learned yet
+    stays unknown (vector length 0) instead of raising.
+    """
+    settings = with_learned(settings)
     spec = settings.model_spec()
-    if settings.dimensions is not None and not spec.supports_dimensions:
-        raise ConfigError(
-            f"model {spec.name} does not accept --dimensions",
-            hint="drop --dimensions or use a text-embedding-3 model",
-        )
-    dims = settings.dimensions or spec.dimensions
-    if dims <= 0:
+    requested = settings.dimensions
+    if requested is not None and not spec.supports_dimensions:
+        if requested == spec.dimensions:
+            requested = None  # the model's own length: nothing to ask for
+        elif spec.supports_dimensions is False:
+            how = "" if spec.builtin else " (its provider refused the field, or it is set so)"
+            raise ConfigError(
+                f"model {spec.name} does not accept --dimensions{how}",
+                hint="drop --dimensions"
+                + (f" (its vectors have {spec.dimensions})" if spec.dimensions else ""),
+            )
+        elif not unknown_ok:
+            raise ConfigError(
+                f"whether model {spec.name} accepts --dimensions is not known yet",
+                hint="run `corpusbatch index` (it asks the provider once), or set "
+                "model_accepts_dimensions in corpusbatch.toml",
+            )
+    dims = requested or spec.dimensions
+    if dims <= 0 and not unknown_ok:
         raise ConfigError(
             f"the vector size of model {spec.name!r} is unknown",
-            hint="pass --dimensions with the model's vector length",
+            hint="run `corpusbatch index` (it asks the provider for one vector), or pass "
+            "--model-dimensions with the model's vector length",
         )
     return EmbeddingIdentity(
         model=spec.name,
-        dimensions=dims,
-        request_dimensions=settings.dimensions,
+        dimensions=max(dims, 0),
+        request_dimensions=requested,
         input_prefix=settings.input_prefix,
     )
+
+
+def _facts_key(settings: Settings, model: str) -> str:
+    return f"model\x1f{run_target(settings)}\x1f{model}"
+
+
+def with_learned(settings: Settings) -> Settings:
+    """``settings`` with what its index learned about the model (``settings.learned``).
+
+    Only models that are not built in, or whose token counts are estimates, have
+    anything to learn; the facts live in ``state.db`` per target and model.
+    """
+    if settings.learned is not None:
+        return settings
+    spec = settings.profile().model(settings.model)
+    if spec.builtin and not spec.estimated_tokens:
+        return settings
+    facts = ModelFacts()
+    journal_path = IndexPaths(settings.index_dir).journal
+    if journal_path.exists():
+        with Journal(journal_path) as journal:
+            facts = ModelFacts.from_json(journal.get_meta(_facts_key(settings, spec.name)))
+    return replace(settings, learned=facts)
+
+
+def _learn(settings: Settings, facts: ModelFacts) -> Settings:
+    """Remember ``facts`` about the settings' model in its index; the merged settings."""
+    settings = with_learned(settings)
+    name = settings.profile().model(settings.model).name
+    paths = IndexPaths(settings.index_dir)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    with Journal(paths.journal) as journal:
+        key = _facts_key(settings, name)
+        merged = ModelFacts.from_json(journal.get_meta(key)).merged(facts)
+        journal.set_meta(key, merged.to_json())
+    return replace(settings, learned=merged)
+
+
+def probe_model_if_needed(settings: Settings, api_key: str | None) -> dict[str, Any] | None:
+    """Learn what a model not built in needs before anything is planned for it.
+
+    Its vector length (unless ``--model-dimensions`` says it or the index knows it) and,
+    with ``--dimensions``, whether the model accepts that field: one real-time request
+    with one short input (a few tokens, priced at the real-time price). What it says is
+    kept in the index, so later runs send nothing. Returns what the probe found and
+    cost, or None when nothing had to be asked.
+    """
+    settings = with_learned(settings)
+    profile, spec = settings.profile(), settings.model_spec()
+    if spec.builtin or not profile.remote:
+        return None
+    asked = settings.dimensions
+    need_size = spec.dimensions <= 0 and (asked is None or spec.supports_dimensions is False)
+    need_accepts = (
+        asked is not None and spec.supports_dimensions is None and asked != spec.dimensions
+    )
+    if not (need_size or need_accepts):
+        return None
+    from .submitting import make_client
+    from .submitting.adapter import probe_model
+
+    if not api_key:
+        raise ConfigError(
+            f"provider {settings.provider!r} needs an API key",
+            hint=f"set {profile.api_key_env or 'the API key variable'} (or --api-key-env NAME)",
+        )
+    client = make_client(profile, api_key)
+    results = [probe_model(client, spec.name, asked if need_accepts else None)]
+    first = results[0]
+    facts = ModelFacts(accepts_dimensions=first.accepts_dimensions)
+    if first.accepts_dimensions is False and first.dimensions is None:
+        results.append(probe_model(client, spec.name))  # refused: learn the native size
+    native = [r.dimensions for r in results if not r.accepts_dimensions and r.dimensions]
+    facts = replace(facts, dimensions=native[0] if native else None)
+    _learn(settings, facts)
+    tokens = sum(r.tokens for r in results)
+    cost = tokens * spec.realtime_price_per_mtok / 1_000_000
+    said = []
+    if facts.dimensions:
+        said.append(f"{facts.dimensions}-dimensional vectors")
+    if facts.accepts_dimensions is not None:
+        said.append(f"`dimensions` {'accepted' if facts.accepts_dimensions else 'refused'}")
+    refusal = next((r.refusal for r in results if r.refusal), None)
+    return {
+        "model": spec.name,
+        "requests": len(results),
+        "tokens": tokens,
+        "cost": cost,
+        "priced": spec.realtime_price_per_mtok > 0,
+        "dimensions": facts.dimensions,
+        "accepts_dimensions": facts.accepts_dimensions,
+        "refusal": refusal,
+        "note": f"probed {spec.name} with {len(results)} one-input request(s): "
+        + ", ".join(said)
+        + f"; {tokens} tokens, ${cost:.6f}"
+        + ("" if spec.realtime_price_per_mtok > 0 else " (no price known for this model)"),
+    }
 
 
 def run_target(settings: Settings) -> str:
@@ -211,9 +334,12 @@ def run_target(settings: Settings) -> str:
     return f"{profile.name}@{profile.base_url or 'default'}"
 
 
-def _open_context(root: Path, settings: Settings, progress: Progress) -> _Context:
+def _open_context(
+    root: Path, settings: Settings, progress: Progress, *, dry_run: bool = False
+) -> _Context:
+    settings = with_learned(settings)
     spec = settings.model_spec()
-    identity = resolve_identity(settings)
+    identity = resolve_identity(settings, unknown_ok=dry_run)
     tokenizer = get_tokenizer(spec.tokenizer)
     budget = settings.effective_chunk_tokens()
     if identity.input_prefix:
@@ -224,6 +350,8 @@ def _open_context(root: Path, settings: Settings, progress: Progress) -> _Contex
     # absolute, so the journal names the same files whatever the next run's working dir
     paths = IndexPaths(settings.index_dir.resolve())
     report = RunReport(root=str(root), provider=settings.provider, model=identity.model)
+    report.tokens_estimated = spec.estimated_tokens
+    report.model_notes += _model_notes(settings, identity)
     journal = Journal(paths.journal)
     return _Context(
         root=root,
@@ -238,6 +366,31 @@ def _open_context(root: Path, settings: Settings, progress: Progress) -> _Contex
         report=report,
         progress=progress,
     )
+
+
+def _model_notes(settings: Settings, identity: EmbeddingIdentity) -> list[str]:
+    spec = settings.model_spec()
+    notes = []
+    if spec.estimated_tokens:
+        notes.append(
+            f"token counts are estimates: cl100k_base stands in for {spec.name}'s tokenizer; "
+            f"plans keep to {spec.token_margin:.0%} of each token limit"
+        )
+    if identity.dimensions <= 0:
+        notes.append(
+            f"the vector size of {spec.name} is not known yet: `index` learns it with a "
+            "one-input request (a few tokens at the real-time price)"
+        )
+    elif (
+        settings.dimensions is not None
+        and not spec.supports_dimensions
+        and (identity.request_dimensions is not None)
+    ):
+        notes.append(
+            f"whether {spec.name} accepts --dimensions is not known yet: `index` asks the "
+            "provider once (one input)"
+        )
+    return notes
 
 
 # -- stage 1: scan sources into desired rows -----------------------------------------
@@ -502,9 +655,11 @@ def _embed_items(ctx: _Context, rows: Iterator[tuple[str, str, int]]) -> Iterato
 
 
 def _limits(ctx: _Context) -> Limits:
-    """The provider's limits, tightened by those it reported at run time (journal)."""
+    """The provider's limits, tightened by those it reported at run time (journal), with
+    the token limits cut to the model's margin when token counts are estimates."""
     learned = ctx.base_journal.learned_limits(ctx.target, ctx.identity.model)
-    return effective_limits(ctx.settings.profile().limits, learned)
+    limits = effective_limits(ctx.settings.profile().limits, learned)
+    return planning_limits(limits, ctx.settings.model_spec().token_margin)
 
 
 def _plan(ctx: _Context, items: Iterator[EmbedItem], plan_id: str) -> list[PlannedFile]:
@@ -640,6 +795,7 @@ class _Loader:
             self._refetch(record, exc)
             return
         stop = self._handle_failures(record, result)
+        self._check_usage(record, result)
         ctx.report.embedded_vectors += result.vectors
         ctx.report.billed_tokens += result.tokens
         if record.batch_id:
@@ -657,6 +813,45 @@ class _Loader:
                 hint="fix the key, quota, --model or --dimensions; the results already "
                 "returned are kept and the next run sends only the rest",
             )
+
+    def _check_usage(self, record: FileRecord, result: LoadResult) -> None:
+        """Compare the provider's reported tokens with our estimate for the inputs that
+        came back; warn when it counted more, and remember a ratio that says the token
+        margin is too thin, so later plans keep further under the limits."""
+        ctx = self.ctx
+        spec = ctx.settings.model_spec()
+        if not spec.estimated_tokens or record.model != spec.name or not result.vectors:
+            return
+        estimated = record.n_tokens
+        failed = sorted({f.key for f in result.failed})
+        if failed:
+            extra = (
+                ctx.tokenizer.count(ctx.identity.input_prefix) if ctx.identity.input_prefix else 0
+            )
+            estimated -= sum(n + extra for _, n in ctx.store.texts_for(failed).values())
+        ratio = usage_ratio(result.tokens, estimated)
+        if ratio is None or ratio <= 1.0:
+            return
+        log.warning(
+            "%s: the provider counted %d tokens where corpusbatch estimated %d (x%.2f; the "
+            "margin covers x%.2f)",
+            record.name,
+            result.tokens,
+            estimated,
+            ratio,
+            1 / spec.token_margin,
+        )
+        known = (ctx.settings.learned or ModelFacts()).token_ratio or 0.0
+        if ratio > known:
+            ctx.settings = _learn(ctx.settings, ModelFacts(token_ratio=round(ratio, 4)))
+            tighter = ctx.settings.model_spec().token_margin
+            if tighter < spec.token_margin:
+                log.warning(
+                    "%s: later plans keep to %.0f%% of each token limit (was %.0f%%)",
+                    spec.name,
+                    100 * tighter,
+                    100 * spec.token_margin,
+                )
 
     def _load(self, record: FileRecord) -> LoadResult:
         identity = record.identity_dict()
@@ -761,9 +956,11 @@ def _client(ctx: _Context, api_key: str | None) -> Any:
 def _submitter(ctx: _Context, api_key: str | None) -> Any:
     from .submitting import BatchSubmitter
 
+    profile = ctx.settings.profile()
+    margin = ctx.settings.model_spec().token_margin  # estimated token counts: queue by it
     return BatchSubmitter(
         _client(ctx, api_key),
-        profile=ctx.settings.profile(),
+        profile=replace(profile, limits=planning_limits(profile.limits, margin)),
         outputs_dir=ctx.paths.outputs,
         poll_interval=ctx.settings.poll_interval,
         delete_remote_files=ctx.settings.delete_remote_files,
@@ -946,9 +1143,9 @@ def index(
     if dry_run and not paths.store.exists():
         # nothing to compare against: plan in a scratch directory, leave no index behind
         with tempfile.TemporaryDirectory(prefix="corpusbatch-plan-") as scratch:
-            scratch_settings = replace(settings, index_dir=Path(scratch))
+            scratch_settings = replace(with_learned(settings), index_dir=Path(scratch))
             with index_lock(IndexPaths(Path(scratch))):
-                ctx = _open_context(root, scratch_settings, progress)
+                ctx = _open_context(root, scratch_settings, progress, dry_run=True)
                 try:
                     return _dry_run(ctx, full_scan, time.monotonic())
                 finally:
@@ -956,7 +1153,11 @@ def index(
                     ctx.base_journal.close()
     t0 = time.monotonic()
     with index_lock(paths):
-        ctx = _open_context(root, settings, progress)
+        probe = None if dry_run else probe_model_if_needed(settings, api_key)
+        if probe is not None:
+            progress.note(probe["note"])
+        ctx = _open_context(root, settings, progress, dry_run=dry_run)
+        ctx.report.probe = probe
         try:
             if dry_run:
                 return _dry_run(ctx, full_scan, t0)

