@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import click
 
 from .config import PROFILES, Settings, settings_from
-from .errors import ConfigError, CorpusbatchError
+from .errors import ConfigError, CorpusbatchError, redact, redact_exception
 
 EXIT_PARTIAL = 4
 EXIT_DEFERRED = 5
@@ -110,6 +110,13 @@ class _TqdmHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.handleError(record)
 
 
+class _RedactingFormatter(logging.Formatter):
+    """Log lines (tracebacks included) with any API key an error echoes redacted."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
     """Plain timestamped INFO lines off a terminal; on one, bars plus warnings (-v: INFO)."""
     tty = sys.stderr.isatty()
@@ -123,7 +130,7 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
         level = logging.INFO
     handler: logging.Handler = _TqdmHandler() if tty else logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+        _RedactingFormatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
     )
     root = logging.getLogger("corpusbatch")
     root.handlers[:] = [handler]
@@ -139,6 +146,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except CorpusbatchError as exc:
+            redact_exception(exc)  # the message and what it was raised from: no key
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             click.echo(f"error: {exc}", err=True)

@@ -211,6 +211,21 @@ class FakeBatchAPI:
         # validation with this error while set
         self.validation_error: tuple[str, str] | None = None
         self.validation_error_lines = 1
+        # next finishing batches (with at least one successful line) get a hostile output
+        # file: "unknown_custom_id" (an extra line for a request nobody sent),
+        # "duplicate_line" (one successful line twice), "other_batch" (the output file of
+        # the batch that finished before it, or of a made-up one: every line unknown;
+        # its own results are billed and `lost`)
+        self.hostile_next: list[str] = []
+        # next request to each named route is answered 200 with an HTML error page of a
+        # proxy: "retrieve", "list" (batches), "content" (file download) instead of the
+        # answer; "create", "upload" after the batch or file was made
+        self.html_next: list[str] = []
+        # 401 answers echo the key sent, like OpenAI's: "plain" (the whole key) or
+        # "masked" (OpenAI's "sk-abc...wxyz" form); None: "Incorrect API key provided"
+        self.echo_key: str | None = None
+        self._key = ""  # the bearer token of the request being answered
+        self._last_output: list[bytes] = []
         self.create_faults: list[str] = []  # "429" | "500" | "500-after" | "drop-after"
         self.upload_faults: list[str] = []  # "500" | "500-after" | "drop-after"
         self.retrieve_faults: list[int] = []  # HTTP statuses answered instead of a batch
@@ -235,8 +250,9 @@ class FakeBatchAPI:
         # next finishing batches (with at least one successful line) get one successful
         # output line corrupted: "bad_base64" (every embedding undecodable),
         # "non_object_item" (every data item a string), "invalid_utf8" (raw 0xff bytes
-        # inside the line), "truncated_json" (the line cut in half). Its inputs were
-        # billed: they count in `lost`.
+        # inside the line), "truncated_json" (the line cut in half), "wrong_dims" (its
+        # first vector cut to half its length), "nan" / "inf" (one value of its first
+        # vector). Its inputs were billed: they count in `lost`.
         self.malformed_next: list[str] = []
         # next finishing batches (with at least one successful line) silently omit N of
         # their successful output lines (request_counts still claim them); billed, `lost`
@@ -364,6 +380,27 @@ class FakeBatchAPI:
 
         return Handler
 
+    def _bad_key_message(self) -> str:
+        key = self._key
+        if self.echo_key == "plain":
+            shown = key
+        elif self.echo_key == "masked":
+            shown = f"{key[:6]}...{key[-4:]}"
+        else:
+            return "Incorrect API key provided"
+        return (
+            f"Incorrect API key provided: {shown}. You can find your API key at "
+            "https://platform.openai.com/account/api-keys."
+        )
+
+    def _html(self, route: str) -> bool:
+        """Whether this call to ``route`` gets an HTML page (one-shot, see html_next)."""
+        with self._lock:
+            if route in self.html_next:
+                self.html_next.remove(route)
+                return True
+        return False
+
     def _dispatch(self, req: BaseHTTPRequestHandler, method: str) -> None:
         url = urlsplit(req.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
@@ -375,10 +412,11 @@ class FakeBatchAPI:
             self.requests[key] += 1
         try:
             auth = req.headers.get("Authorization", "")
+            self._key = auth[7:]
             if not auth.startswith("Bearer ") or (
                 self.valid_keys is not None and auth[7:] not in self.valid_keys
             ):
-                raise _HTTPError(401, "Incorrect API key provided", "invalid_api_key")
+                raise _HTTPError(401, self._bad_key_message(), "invalid_api_key")
             if parts[:1] != ["v1"] or (not self.batch_api and parts[1:2] == ["batches"]):
                 raise _HTTPError(404, f"no route {url.path}")
             self._route(req, method, parts[1:], query, body)
@@ -416,13 +454,22 @@ class FakeBatchAPI:
             case "GET", ["files", fid]:
                 _send_json(req, 200, self._file(fid).obj())
             case "GET", ["files", fid, "content"]:
-                self._content(req, fid)
+                self._file(fid)
+                if self._html("content"):
+                    _send_html(req)
+                else:
+                    self._content(req, fid)
             case "DELETE", ["files", fid]:
                 self._delete_file(req, fid)
             case "POST", ["batches"]:
                 self._create_batch(req, _json(body))
             case "GET", ["batches"]:
-                _send_json(req, 200, self._list_batches(query))
+                if self._html("list"):
+                    _send_html(req)
+                else:
+                    _send_json(req, 200, self._list_batches(query))
+            case "GET", ["batches", bid] if self._html("retrieve"):
+                _send_html(req)
             case "GET", ["batches", bid]:
                 self._retrieve(req, bid)
             case "POST", ["batches", bid, "cancel"]:
@@ -477,6 +524,9 @@ class FakeBatchAPI:
             raise _HTTPError(500, "upload failed after storing", "server_error")
         if fault == "drop-after":
             raise _Abort
+        if self._html("upload"):
+            _send_html(req)
+            return
         _send_json(req, 200, f.obj())
 
     def _list_files(self, query: dict[str, str]) -> dict[str, Any]:
@@ -526,6 +576,9 @@ class FakeBatchAPI:
             raise _HTTPError(500, "The server had an error", "server_error")
         if fault == "drop-after":
             raise _Abort
+        if self._html("create"):
+            _send_html(req)
+            return
         _send_json(req, 200, batch.obj())
 
     def _new_batch(self, params: dict[str, Any]) -> _Batch:
@@ -729,6 +782,23 @@ class FakeBatchAPI:
             for _, line in ok[start : start + drop]:
                 self._count_lost(line)
             out = out[:start] + out[start + drop :]
+        hostile = self.hostile_next.pop(0) if self.hostile_next else None
+        if hostile == "unknown_custom_id":
+            stray = json.loads(out[-1])
+            stray["custom_id"] = "cb-" + hashlib.sha256(b"nobody sent this").hexdigest()[:40]
+            out.insert(len(out) // 2, json.dumps(stray).encode())
+        elif hostile == "duplicate_line":
+            out.append(out[0])
+        elif hostile == "other_batch":
+            for _, line in ok:
+                self._count_lost(line)
+            mine = out
+            out = self._last_output or [_renamed(raw) for raw in out]
+            self._last_output = mine
+            return out
+        elif hostile is not None:
+            raise ValueError(f"unknown hostile output {hostile!r}")
+        self._last_output = out
         return out
 
     def _count_lost(self, line: dict[str, Any]) -> None:
@@ -811,7 +881,7 @@ class FakeBatchAPI:
         with self._lock:
             fault = self.realtime_faults.pop(0) if self.realtime_faults else None
         if fault == 401:
-            raise _HTTPError(401, "Incorrect API key provided", "invalid_api_key")
+            raise _HTTPError(401, self._bad_key_message(), "invalid_api_key")
         if fault == 429:
             raise _HTTPError(429, "Rate limit reached for requests", "rate_limit_exceeded")
         if fault:
@@ -884,12 +954,34 @@ def _malformed(result: dict[str, Any], kind: str) -> bytes:
     if kind == "non_object_item":
         result["response"]["body"]["data"] = ["embedding" for _ in data]
         return json.dumps(result).encode()
+    if kind in ("wrong_dims", "nan", "inf"):
+        _bad_values(data, kind)
+        return json.dumps(result).encode()  # NaN and Infinity as JSON's non-standard words
     raw = json.dumps(result).encode()
     if kind == "invalid_utf8":
         return raw.replace(b'"model": "', b'"model": "\xff\xfe', 1)
     if kind == "truncated_json":
         return raw[: len(raw) // 2]
     raise ValueError(f"unknown malformed kind {kind!r}")
+
+
+def _renamed(raw: bytes) -> bytes:
+    """An output line of a made-up other batch: another custom_id, same shape."""
+    obj = json.loads(raw)
+    obj["custom_id"] = "cb-" + hashlib.sha256(f"other {obj['custom_id']}".encode()).hexdigest()[:40]
+    return json.dumps(obj).encode()
+
+
+def _bad_values(data: list[dict[str, Any]], kind: str) -> None:
+    """Damage the first vector of a line: cut to half ("wrong_dims") or one NaN/inf."""
+    emb = data[0]["embedding"]
+    b64 = isinstance(emb, str)
+    vec = np.frombuffer(base64.b64decode(emb), "<f4").copy() if b64 else np.asarray(emb, "<f4")
+    if kind == "wrong_dims":
+        vec = vec[: max(1, len(vec) // 2)]
+    else:
+        vec[len(vec) // 2] = np.nan if kind == "nan" else np.inf
+    data[0]["embedding"] = base64.b64encode(vec.tobytes()).decode() if b64 else vec.tolist()
 
 
 def _damaged_realtime(result: dict[str, Any], kind: str) -> bytes:
@@ -1017,6 +1109,21 @@ def _send_json(
         req.send_header("retry-after-ms", str(retry_after_ms))
     req.end_headers()
     req.wfile.write(data)
+
+
+_HTML_PAGE = (
+    b"<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n"
+    b"<body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>\n"
+)
+
+
+def _send_html(req: BaseHTTPRequestHandler, status: int = 200) -> None:
+    """A proxy's error page, answered with ``status`` (200: as if it were the answer)."""
+    req.send_response(status)
+    req.send_header("Content-Type", "text/html")
+    req.send_header("Content-Length", str(len(_HTML_PAGE)))
+    req.end_headers()
+    req.wfile.write(_HTML_PAGE)
 
 
 def _send_raw(req: BaseHTTPRequestHandler, status: int, data: bytes) -> None:

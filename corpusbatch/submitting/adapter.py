@@ -15,7 +15,7 @@ import numpy as np
 import openai
 
 from ..config import Profile
-from ..errors import BackendError
+from ..errors import BackendError, redact, register_secret
 from ..loading import FailureKind, classify_error
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,9 @@ def adapter_for(profile: Profile) -> ProviderAdapter:
 
 
 def make_client(profile: Profile, api_key: str, *, timeout: float = 600.0) -> openai.OpenAI:
-    """An OpenAI SDK client for ``profile``; the key lives only in this object."""
+    """An OpenAI SDK client for ``profile``; the key lives only in this object (and is
+    registered so that error texts echoing it are redacted)."""
+    register_secret(api_key)
     return openai.OpenAI(
         api_key=api_key,
         base_url=profile.base_url or DEFAULT_BASE_URL,
@@ -218,12 +220,13 @@ def _decode(embedding: Any) -> np.ndarray:
 
 
 def describe_error(exc: BaseException) -> str:
+    """One line for an SDK error, with any API key it echoes redacted."""
     if isinstance(exc, openai.APIStatusError):
         body = exc.body if isinstance(exc.body, Mapping) else {}
         err = body.get("error", body) if isinstance(body, Mapping) else {}
         message = err.get("message") if isinstance(err, Mapping) else None
-        return f"HTTP {exc.status_code}: {message or exc.message}"
-    return str(exc)
+        return redact(f"HTTP {exc.status_code}: {message or exc.message}")
+    return redact(str(exc))
 
 
 # -- learning an unknown model: a one-input probe -------------------------------------------
