@@ -165,3 +165,104 @@ def test_api_key_env_must_be_a_name_not_a_key(tmp_path: Path, value: str) -> Non
 )
 def test_plausible_variable_names_pass(name: str) -> None:
     assert settings_from({"api_key_env": name}, None).profile().api_key_env == name
+
+
+# -- models corpusbatch does not know (issue #10 item 1) ---------------------------------
+def test_unknown_model_is_unknown_until_declared_or_learned(tmp_path: Path) -> None:
+    from corpusbatch.config import TOKEN_MARGIN, ModelFacts
+
+    generic = Settings(provider="acme", base_url="http://h/v1", model="acme/e1")
+    spec = generic.model_spec()
+    assert (spec.builtin, spec.dimensions, spec.supports_dimensions) == (False, 0, None)
+    assert spec.estimated_tokens and spec.token_margin == TOKEN_MARGIN
+    assert spec.max_input_tokens == int(8_191 * TOKEN_MARGIN)
+    declared = Settings(
+        provider="acme",
+        base_url="http://h/v1",
+        model="acme/e1",
+        model_dimensions=96,
+        model_accepts_dimensions=False,
+    ).model_spec()
+    assert (declared.dimensions, declared.supports_dimensions) == (96, False)
+    learned = Settings(
+        provider="deepinfra", model="thenlper/gte-large", learned=ModelFacts(1024, True)
+    ).model_spec()
+    assert (learned.dimensions, learned.supports_dimensions, learned.builtin) == (1024, True, False)
+    # a declaration wins over what was learned; built-in models ignore both
+    both = Settings(
+        provider="acme",
+        base_url="http://h/v1",
+        model="acme/e1",
+        model_dimensions=64,
+        learned=ModelFacts(96, None),
+    )
+    assert both.model_spec().dimensions == 64
+    assert Settings(provider="openai", model_dimensions=7).model_spec().dimensions == 1536
+    # remembered for collect/status/verify, but a config file can not set `learned`
+    assert remembered(both)["model_dimensions"] == 64
+    cfg = write(tmp_path, "learned = 1\n")
+    with pytest.raises(ConfigError, match="unknown key"):
+        settings_from({}, cfg)
+
+
+def test_model_facts_round_trip_merge_and_distrust_garbage() -> None:
+    from corpusbatch.config import ModelFacts
+
+    facts = ModelFacts(384, False, 1.25)
+    assert ModelFacts.from_json(facts.to_json()) == facts
+    assert ModelFacts.from_json("not json") == ModelFacts()
+    assert (
+        ModelFacts.from_json(
+            '{"dimensions": -3, "accepts_dimensions": "yes", "token_ratio": "NaN"}'
+        )
+        == ModelFacts()
+    )
+    merged = ModelFacts(384, None, 1.5).merged(ModelFacts(None, True, 1.2))
+    assert merged == ModelFacts(384, True, 1.5)  # a token ratio only grows
+
+
+@pytest.mark.parametrize(
+    ("ratio", "margin"), [(None, 0.75), (0.8, 0.75), (1.2, 0.75), (1.5, 0.6), (3.0, 0.3)]
+)
+def test_learned_token_ratio_tightens_every_token_limit_of_estimated_models(
+    ratio: float | None, margin: float
+) -> None:
+    from corpusbatch.config import Limits, ModelFacts, planning_limits
+
+    s = Settings(
+        provider="acme", base_url="http://h/v1", model="m", learned=ModelFacts(8, None, ratio)
+    )
+    spec = s.model_spec()
+    assert spec.token_margin == pytest.approx(margin)
+    # the largest chunk stays under the 8,191-token limit when the provider counts the
+    # ratio seen, or up to the margin's 1/0.75 when nothing above it was seen
+    worst = max(ratio or 0.0, 1 / 0.75)
+    assert spec.max_input_tokens * worst <= 8_191
+    limits = planning_limits(Limits(max_tokens_per_file=1_000_000), spec.token_margin)
+    assert limits.max_tokens_per_request == int(300_000 * margin)
+    assert limits.max_tokens_per_file == int(1_000_000 * margin)
+    assert limits.max_enqueued_tokens == int(3_000_000 * margin)
+    assert limits.max_inputs_per_request == Limits().max_inputs_per_request  # not a token limit
+    # exact tokenizers are never scaled, whatever was observed
+    exact = Settings(provider="openai", learned=ModelFacts(token_ratio=ratio)).model_spec()
+    assert exact.token_margin == 1.0
+    assert planning_limits(Limits(), exact.token_margin) == Limits()
+
+
+def test_dimensions_for_a_model_that_refuses_them() -> None:
+    from corpusbatch.config import ModelFacts
+    from corpusbatch.pipeline import resolve_identity
+
+    base = {"provider": "acme", "base_url": "http://h/v1", "model": "m"}
+    refuses = ModelFacts(48, False)
+    with pytest.raises(ConfigError, match="does not accept --dimensions"):
+        resolve_identity(Settings(**base, dimensions=32, learned=refuses))  # type: ignore[arg-type]
+    own = resolve_identity(Settings(**base, dimensions=48, learned=refuses))  # type: ignore[arg-type]
+    assert (own.dimensions, own.request_dimensions) == (48, None)  # nothing sent
+    takes = resolve_identity(Settings(**base, dimensions=32, learned=ModelFacts(None, True)))  # type: ignore[arg-type]
+    assert (takes.dimensions, takes.request_dimensions) == (32, 32)
+    unknown = Settings(**base, dimensions=32, learned=ModelFacts())  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="not known yet"):
+        resolve_identity(unknown)
+    assert resolve_identity(unknown, unknown_ok=True).dimensions == 32
+    assert resolve_identity(Settings(**base, learned=ModelFacts()), unknown_ok=True).dimensions == 0  # type: ignore[arg-type]
