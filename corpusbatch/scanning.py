@@ -38,7 +38,7 @@ from typing import Any
 from .chunking import Chunker, ChunkerConfig
 from .errors import ChunkingError
 from .loading import desired_rows
-from .sources import read_document
+from .sources import read_document, shown
 from .tokenizers import get_tokenizer
 from .types import EmbeddingIdentity
 
@@ -63,6 +63,7 @@ TASK_FILES = 64
 IN_FLIGHT_PER_WORKER = 3
 
 _LOGGER = "corpusbatch"
+_log = logging.getLogger(__name__)
 _Log = tuple[str, int, str, str, int]  # logger name, level, message, pathname, line
 
 
@@ -143,6 +144,7 @@ class _Reader:
             chunks = self.chunker.chunk(doc)
         except ChunkingError as exc:  # one bad document must not stop the run
             result.chunk_error = f"cannot be chunked: {exc}"
+            _log.warning("skipping %s: %s", shown(task.rel), result.chunk_error)
             return result
         result.rows = list(desired_rows(chunks, self.job.identity))
         return result

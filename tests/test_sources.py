@@ -14,11 +14,14 @@ from hypothesis import strategies as st
 from corpusbatch.errors import SourceError
 from corpusbatch.sources import (
     DEFAULT_INCLUDE,
+    MAX_FILE_BYTES,
     detect_kind,
     html_to_text,
     iter_documents,
     list_files,
     read_document,
+    shown,
+    skip_kind,
 )
 from corpusbatch.types import Document
 
@@ -164,6 +167,83 @@ def test_symlinks(tmp_path: Path) -> None:
     assert all("secret" not in d.text for d in docs)
 
 
+@pytest.mark.skipif(os.name == "nt", reason="POSIX file types")
+def test_fifos_loops_and_bad_names_are_reported_never_opened(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write(tmp_path, "ok.md", "fine\n")
+    os.mkfifo(tmp_path / "pipe.md")  # opening it for reading would block forever
+    (tmp_path / "a.md").symlink_to(tmp_path / "b.md")
+    (tmp_path / "b.md").symlink_to(tmp_path / "a.md")
+    write(tmp_path, "new\nline.md", "a name with a newline\n")
+    raw_name = os.fsencode(tmp_path) + b"/caf\xe9.md"  # latin-1 bytes: not UTF-8
+    with open(raw_name, "wb") as fh:
+        fh.write(b"content\n")
+    with caplog.at_level(logging.INFO, logger="corpusbatch.sources"):
+        docs, skips = collect(tmp_path)
+    assert paths(docs) == ["new\nline.md", "ok.md"]
+    assert skips["pipe.md"] == "not a regular file (a FIFO); not read, exclude it"
+    assert skips["a.md"].startswith("symlink loop") and skips["b.md"].startswith("symlink loop")
+    assert skips["'caf\\udce9.md'"].startswith("file name is not valid UTF-8")
+    assert {skip_kind(r) for r in skips.values()} == {
+        "not_regular_file",
+        "symlink_loop",
+        "bad_file_name",
+    }
+    for record in caplog.records:  # one line each, naming the file
+        assert "\n" not in record.getMessage()
+    assert shown("new\nline.md") == "'new\\nline.md'"
+    assert shown("with space & 'quotes' ünï.md") == "with space & 'quotes' ünï.md"
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symlinks need privileges on Windows")
+def test_a_symlinked_gitignore_is_not_followed(tmp_path: Path) -> None:
+    outside = write(tmp_path / "outside", "rules", "*.md\n")
+    root = tmp_path / "root"
+    write(root, "doc.md", "kept: the linked rules do not apply\n")
+    write(root, "sub/.gitignore", "*.txt\n")
+    write(root, "sub/note.txt", "ignored by a real .gitignore\n")
+    (root / ".gitignore").symlink_to(outside)
+    docs, skips = collect(root)
+    assert paths(docs) == ["doc.md"]
+    assert skips == {
+        ".gitignore": "symlinked .gitignore not followed (git does not follow one either); "
+        "its rules do not apply, copy the file in instead of linking it"
+    }
+
+
+def test_skip_kinds_name_every_reason_sources_give() -> None:
+    reasons = {
+        "binary file (NUL or control bytes); exclude it": "binary",
+        "empty file (no text)": "empty",
+        "file too large (104,857,600 bytes, over the 50 MiB limit)": "too_large",
+        "broken symlink (target does not exist)": "broken_symlink",
+        "symlink points outside the root (to /etc)": "symlink_outside_root",
+        "symlink loop (points to one of its parents)": "symlink_loop",
+        "permission denied; fix its permissions or exclude it": "permission_denied",
+        "cannot read file: it vanished after it was listed": "vanished",
+        "cannot read file: it kept changing while it was read (3 tries)": "changed_while_read",
+        "cannot read file (not a regular file any more: a directory)": "not_regular_file",
+        "cannot read file (Input/output error); fix the error": "read_error",
+        "cannot be chunked: too long": "chunking_error",
+        "something new": "other",
+    }
+    assert {r: skip_kind(r) for r in reasons} == reasons
+
+
+def test_a_file_over_the_size_limit_is_skipped_unread(tmp_path: Path) -> None:
+    big = tmp_path / "huge.txt"
+    with big.open("wb") as fh:  # sparse: no 50 MiB written
+        fh.write(b"text at the start\n")
+        fh.truncate(MAX_FILE_BYTES + 1)
+    docs, skips = collect(tmp_path)
+    assert docs == []
+    assert skips["huge.txt"] == (
+        f"file too large ({MAX_FILE_BYTES + 1:,} bytes, over the 50 MiB limit for one "
+        "document); split it or exclude it"
+    )
+
+
 # --------------------------------------------------------------------------- reading
 
 
@@ -193,12 +273,97 @@ def test_cp1252_fallback_logs_warning(tmp_path: Path, caplog: pytest.LogCaptureF
     assert any("menu.txt" in r.getMessage() and "cp1252" in r.getMessage() for r in caplog.records)
 
 
-def test_latin1_when_cp1252_fails(tmp_path: Path) -> None:
-    # 0x81 is undefined in cp1252, so only latin-1 can decode it.
+def test_a_byte_cp1252_lacks_still_decodes_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 0x81 is undefined in cp1252: some other legacy code page (or latin-1) takes it.
     write(tmp_path, "odd.txt", b"abc \x81 def\n")
+    with caplog.at_level(logging.WARNING, logger="corpusbatch.sources"):
+        (doc,) = collect(tmp_path)[0]
+    assert doc.encoding not in ("utf-8", "cp1252")
+    assert doc.text.startswith("abc ") and doc.text.endswith(" def\n") and len(doc.text) == 10
+    assert any("odd.txt is not UTF-8; decoded as" in r.getMessage() for r in caplog.records)
+
+
+def test_utf8_with_a_few_bad_bytes_keeps_every_good_character(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = "Café crème, naïve résumé — «ünïcödé» ✓\n" * 20
+    raw = good.encode("utf-8") + b"broken \xff\xfe and cut \xc3\n" + good.encode("utf-8")
+    write(tmp_path, "notes.md", raw)
+    with caplog.at_level(logging.WARNING, logger="corpusbatch.sources"):
+        (doc,) = collect(tmp_path)[0]
+    assert doc.encoding == "utf-8"
+    assert doc.text == good + "broken \ufffd\ufffd and cut \ufffd\n" + good
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line == "notes.md is UTF-8 with 3 invalid bytes; replaced with U+FFFD"
+
+
+@pytest.mark.parametrize(
+    ("codec", "bom", "expected"),
+    [
+        ("utf-16-le", b"\xff\xfe", "utf-16-le"),
+        ("utf-16-be", b"\xfe\xff", "utf-16-be"),
+        ("utf-32-le", b"\xff\xfe\x00\x00", "utf-32-le"),
+        ("utf-32-be", b"\x00\x00\xfe\xff", "utf-32-be"),
+        ("utf-16-le", b"", "utf-16-le"),  # Notepad/PowerShell without a BOM
+        ("utf-16-be", b"", "utf-16-be"),
+    ],
+)
+def test_utf16_and_utf32_are_text(tmp_path: Path, codec: str, bom: bytes, expected: str) -> None:
+    text = "# Título\r\nWörds in UTF, naïve café, 3 € and 日本\r\n" * 30
+    write(tmp_path, "wide.md", bom + text.encode(codec))
+    docs, skips = collect(tmp_path)
+    assert skips == {}
+    (doc,) = docs
+    assert doc.encoding == expected
+    assert doc.text == text.replace("\r\n", "\n")
+
+
+def test_binary_with_a_bom_or_a_utf16_look_is_still_binary(tmp_path: Path) -> None:
+    import random
+
+    noise = random.Random(3).randbytes(4096)
+    write(tmp_path, "bom-then-noise.txt", b"\xff\xfe" + noise)
+    write(tmp_path, "zeros-every-other.txt", bytes(b for c in noise[:2000] for b in (c, 0)))
+    write(tmp_path, "elf.md", b"\x7fELF\x02\x01\x01" + bytes(300) + noise)
+    docs, skips = collect(tmp_path)
+    assert docs == []
+    assert set(skips) == {"bom-then-noise.txt", "zeros-every-other.txt", "elf.md"}
+    assert all(r.startswith("binary file") for r in skips.values())
+
+
+@pytest.mark.parametrize(
+    ("text", "codec", "expected"),
+    [
+        ("Le café est très chaud. Où est la bibliothèque? Ça va. " * 10, "latin-1", "cp1252"),
+        ("Größe und Übermaß, schön für Bäcker. „Gut“ – 5 € " * 10, "cp1252", "cp1252"),
+        ("Привет, как дела? Это тест кодировки, ёлка. " * 10, "cp1251", "cp1251"),
+        ("日本語のテキストです。これはテストです。" * 10, "shift_jis", "cp932"),
+        ("这是一个中文测试文件。我们需要检测编码。" * 10, "gbk", "gb18030"),
+        ("Καλημέρα κόσμε, αυτό είναι ένα δοκιμαστικό κείμενο. " * 10, "cp1253", "cp1253"),
+    ],
+)
+def test_legacy_encodings_are_detected(
+    tmp_path: Path, text: str, codec: str, expected: str
+) -> None:
+    write(tmp_path, "legacy.txt", text.encode(codec))
     (doc,) = collect(tmp_path)[0]
-    assert doc.encoding == "latin-1"
-    assert doc.text == "abc \x81 def\n"
+    assert doc.encoding == expected
+    assert doc.text == text
+
+
+def test_nul_bytes_make_a_file_binary_only_in_its_head(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write(tmp_path, "head.txt", b"text\0 with a NUL early\n" * 10)
+    write(tmp_path, "tail.txt", b"plain text line\n" * 1000 + b"late\0NUL\0\n")
+    with caplog.at_level(logging.WARNING, logger="corpusbatch.sources"):
+        docs, skips = collect(tmp_path)
+    assert skips["head.txt"].startswith("binary file")
+    (doc,) = docs
+    assert doc.path == "tail.txt" and doc.text.endswith("lateNUL\n") and "\0" not in doc.text
+    assert "tail.txt: dropped 2 NUL characters from the text" in caplog.text
 
 
 def test_bom_and_newlines_normalised(tmp_path: Path) -> None:
