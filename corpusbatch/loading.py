@@ -213,12 +213,16 @@ class RunStore:
         self.db = sqlite3.connect(
             str(path), timeout=30.0, isolation_level=None, check_same_thread=False
         )
+        # a new store returns freed pages (dropped texts, collected keys) to the disk;
+        # this must come before anything writes the file, WAL mode included
+        self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         self.db.execute("PRAGMA journal_mode=WAL")
         # FULL, like the journal: a power loss must not leave a file `loaded` in the journal
         # while its vectors were never synced here.
         self.db.execute("PRAGMA synchronous=FULL")
-        # a new store returns freed pages (dropped texts, collected keys) to the disk
-        self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        # 64 MiB of page cache (the default is 2 MiB): scans of a million desired rows
+        # and their key index otherwise thrash it
+        self.db.execute("PRAGMA cache_size=-65536")
         self.db.executescript(_STORE_SCHEMA)
         self._migrate_vectors()
         self.db.executescript(_VECTORS_SCHEMA)
@@ -251,6 +255,7 @@ class RunStore:
                 " FROM vectors_blobs b"
             )
             db.execute("DROP TABLE vectors_blobs")
+        self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # (VACUUM makes it take effect)
         self.db.execute("VACUUM")
         self.staging.maintain()
 
@@ -938,9 +943,13 @@ def load_output(
     still checked, and kept, under its own.
 
     Every input of the manifest ends up either as a stored vector or in
-    ``result.failed`` (inputs that appear in neither file, or only on a line that could
-    not be read, are failed as ``"retry"``). Nothing inside the files makes this raise;
-    only a file missing from disk raises :class:`LoadError`.
+    ``result.failed`` exactly once (inputs that appear in neither file, or only on a line
+    that could not be read, are failed as ``"retry"``; a repeated ``custom_id`` counts
+    once, the first copy; lines of ``custom_id`` s the manifest does not know are
+    skipped). A vector of the wrong length is ``"stop"`` only when no vector of the file
+    had the right one (a configuration mismatch); among right ones it is provider
+    damage, ``"retry"``. Nothing inside the files makes this raise; only a file missing
+    from disk raises :class:`LoadError`.
     """
     result = LoadResult()
     dims = dimensions or store.dimensions
@@ -1127,9 +1136,10 @@ class VectorFinder:
         got = self.store.staging.fetch(wanted)
         fresh = [k for k in got if k not in self.from_staging]
         if fresh:  # for finish_unstaging, should the publish be killed after its commit
-            self.store.db.executemany(
-                "INSERT OR IGNORE INTO unstage (key) VALUES (?)", ((k,) for k in fresh)
-            )
+            with self.store.transaction() as db:  # (one commit, not one per key)
+                db.executemany(
+                    "INSERT OR IGNORE INTO unstage (key) VALUES (?)", ((k,) for k in fresh)
+                )
         self.from_staging.update(fresh)
         rest = [k for k in wanted if k not in got]
         if rest and self.table is not None:

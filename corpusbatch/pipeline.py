@@ -37,6 +37,7 @@ from .errors import (
 )
 from .journal import FileRecord, Journal
 from .loading import (
+    TABLE_SCHEMA_VERSION,
     FailedInput,
     LoadResult,
     PublishResult,
@@ -45,7 +46,6 @@ from .loading import (
     load_output,
     publish,
     same_identity,
-    table_is_current,
     table_schema,
 )
 from .planning import PlanSummary, plan_files, read_manifest, summarize, waves
@@ -713,7 +713,7 @@ def _discard(files: list[PlannedFile]) -> None:
 def plan_missing(ctx: _Context, *, dry_run: bool = False) -> PlanSummary:
     """Plan batch files for every desired vector that is neither stored nor in flight."""
     _adopt_published(ctx)
-    items = _embed_items(ctx, ctx.store.keys_to_embed(_pending_keys(ctx.base_journal)))
+    items = _embed_items(ctx, _keys_to_embed(ctx))
     # Unique per run (names of journal files must never repeat); sortable by time.
     plan_id = "p" + time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
     files = _plan(ctx, items, plan_id)
@@ -745,21 +745,30 @@ def plan_missing(ctx: _Context, *, dry_run: bool = False) -> PlanSummary:
     return summary
 
 
+def _keys_to_embed(ctx: _Context) -> Iterator[tuple[str, str, int]]:
+    """Texts with no vector, no failure and no file in flight. Only sources marked
+    changed can have such texts (unless a full check is due), so a nightly run on a
+    large index reads just those rows of store.db."""
+    store = ctx.store
+    return store.keys_to_embed(_pending_keys(ctx.base_journal), among_changed=not store.is_dirty())
+
+
 def _adopt_published(ctx: _Context) -> None:
     """Texts to embed whose vectors the published table already holds cost nothing.
 
     The table is the cache of every published vector: a text that comes back (a
     reverted edit, a copied file) after its store entry was collected is found there.
     """
-    db = connect(ctx.paths)
+    keys = [k for k, _, _ in _keys_to_embed(ctx)]
+    if not keys or not (ctx.paths.lancedb / f"{ctx.settings.table}.lance").exists():
+        return  # (nothing to look up: spare the import of lancedb)
     try:
-        table = db.open_table(ctx.settings.table)
+        table = connect(ctx.paths).open_table(ctx.settings.table)
     except (FileNotFoundError, ValueError):
         return
     if not same_identity(table, table_schema(ctx.identity, ctx.table_meta())):
         return
-    keys = [k for k, _, _ in ctx.store.keys_to_embed(_pending_keys(ctx.base_journal))]
-    if keys and (n := ctx.store.adopt(table, keys)):
+    if n := ctx.store.adopt(table, keys):
         log.info("%d texts to embed are in the published table already", n)
 
 
@@ -1230,13 +1239,15 @@ def _finish(ctx: _Context, t0: float) -> RunReport:
             for f in _failed_files_report(ctx)
         ]
     # not current: no table yet, or one of an older layout (rebuilt from stored vectors)
-    if ctx.store.needs_publish() or not table_is_current(connect(ctx.paths), ctx.settings.table):
+    version = _published_version(ctx)
+    if ctx.store.needs_publish() or version is None:
         result = _publish(ctx)
         report.incomplete_sources = result.incomplete_sources
         if not result.deferred_rebuild:
             ctx.store.mark_published(result.published_sources, result.incomplete_sources)
             ctx.store.collect_garbage()
             ctx.store.staging.maintain()
+            _note_published(ctx, result.version)
         _remove_loaded_files(ctx)
         report.published = result.version is not None and not result.deferred_rebuild
         report.new, report.changed = result.inserted, result.updated
@@ -1245,10 +1256,49 @@ def _finish(ctx: _Context, t0: float) -> RunReport:
     else:  # the table already is the desired state
         report.published = True
         report.unchanged = ctx.store.count("desired")
-        report.table_version = connect(ctx.paths).open_table(ctx.settings.table).version
+        report.table_version = version
     report.durations["publish"] = round(time.monotonic() - t3, 3)
     report.durations["total"] = round(time.monotonic() - t0, 3)
     return report
+
+
+def _published_version(ctx: _Context) -> int | None:
+    """The table version the last publish left, if that table (of this layout) is still
+    on disk; None when a publish must look at the table. A run that changed nothing
+    thus never imports LanceDB (2-4 s on these machines)."""
+    store, name = ctx.store, ctx.settings.table
+    if store.get_meta("published_table") != f"{name}@{TABLE_SCHEMA_VERSION}":
+        return None
+    raw = store.get_meta("published_version")
+    on_disk = _latest_version(ctx.paths.lancedb / f"{name}.lance")
+    if on_disk is None or raw != str(on_disk):
+        return None  # gone, or written since (another tool, a restore): look at it
+    return on_disk
+
+
+def _latest_version(table_dir: Path) -> int | None:
+    """The newest version of a local Lance table, from its manifest file names (Lance
+    names them by version, or by ``2**64 - 1 - version`` in its newer scheme)."""
+    try:
+        names = os.listdir(table_dir / "_versions")
+    except OSError:
+        return None
+    versions = []
+    for name in names:
+        stem, _, ext = name.partition(".")
+        if ext == "manifest" and stem.isdigit():
+            n = int(stem)
+            versions.append(n if n < 2**63 else 2**64 - 1 - n)
+    return max(versions, default=None)
+
+
+def _note_published(ctx: _Context, version: int | None) -> None:
+    with ctx.store.transaction():
+        if version is None:
+            ctx.store.set_meta("published_table", "")
+            return
+        ctx.store.set_meta("published_table", f"{ctx.settings.table}@{TABLE_SCHEMA_VERSION}")
+        ctx.store.set_meta("published_version", str(version))
 
 
 def _warn_other_targets(ctx: _Context) -> None:

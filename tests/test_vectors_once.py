@@ -11,8 +11,11 @@ migrated on first use without embedding anything.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -110,6 +113,8 @@ def test_after_a_finished_run_each_vector_is_stored_once(
     with closing(sqlite3.connect(settings.index_dir / "store.db")) as db:
         kept = db.execute("SELECT COUNT(*) FROM desired WHERE text != ''").fetchone()[0]
     assert kept == 0  # nor texts: the published table holds them
+    with closing(sqlite3.connect(settings.index_dir / "store.db")) as db:
+        assert db.execute("PRAGMA freelist_count").fetchone()[0] == 0  # space given back
     assert store_keys(settings) == table_keys(settings)
     assert_table_is_clean_build(settings, read_files(root), api, clean, previous=[])
 
@@ -243,3 +248,37 @@ def test_a_lost_table_is_rebuilt_by_reading_and_embedding_again(
     assert again.embedded_vectors == first.embedded_vectors
     assert_table_is_clean_build(settings, read_files(root), api, clean, previous=[])
     assert run(root, settings).embedded_vectors == 0
+
+
+def test_a_run_that_changes_nothing_never_imports_lancedb(
+    tmp_path: Path, api: FakeBatchAPI
+) -> None:
+    """Importing LanceDB costs 2-4 s here; a nightly run with nothing to do skips it
+    (the store remembers the version it published and checks it on disk)."""
+    root = tmp_path / "docs"
+    root.mkdir()
+    write(root, {f"d{i}.md": [para(f"i{i}v")] for i in range(2)})
+    settings = settings_for(tmp_path, api)
+    run(root, settings)
+    cmd = [
+        sys.executable, "-X", "importtime", "-m", "corpusbatch", "index", str(root),
+        "--index-dir", str(settings.index_dir), "--provider", "openai",
+        "--base-url", api.base_url, "--api-key-env", "CB_TEST_KEY",
+        "--dimensions", str(DIMS), "--chunk-tokens", "40", "--json",
+    ]  # fmt: skip
+    env = {**os.environ, "CB_TEST_KEY": "k"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["published"] and report["embedded_vectors"] == 0
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
+    assert "corpusbatch.pipeline" in imported  # (the import log is there)
+    assert "lancedb" not in imported
+    # written since (here: a row added by hand): the next run looks at the table
+    import lancedb
+
+    table = lancedb.connect(str(settings.index_dir / "lancedb")).open_table("chunks")
+    table.add(table.to_arrow().slice(0, 1).to_pylist())
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "lancedb" in {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
