@@ -24,6 +24,7 @@ import click
 
 from .config import PROFILES, Settings, settings_from
 from .errors import ConfigError, CorpusbatchError, redact, redact_exception
+from .sources import shown
 
 EXIT_PARTIAL = 4
 EXIT_DEFERRED = 5
@@ -295,6 +296,9 @@ def _print_report(report: dict[str, Any], as_json: bool) -> None:
     if report.get("probe"):
         lines.append(report["probe"]["note"])
     lines.extend(report.get("model_notes") or [])
+    if report.get("skipped_by_reason"):
+        counts = report["skipped_by_reason"]
+        lines.append("skipped by reason: " + ", ".join(f"{k} {n}" for k, n in counts.items()))
     if report.get("published"):
         lines.append(
             f"table: {report['new']} new, {report['changed']} changed, {report['unchanged']} "
@@ -317,7 +321,7 @@ def _print_report(report: dict[str, Any], as_json: bool) -> None:
         )
         lines.extend(f"  {reason}" for reason in report.get("deferred_reasons", [])[:10])
     for skip in report["skipped"]:
-        lines.append(f"skipped {skip['path']}: {skip['reason']}")
+        lines.append(f"skipped {shown(skip['path'])}: {skip['reason']}")
     for fail in report["failed"]:
         lines.append(f"failed {fail['source']}:{fail['lines']}: {fail['code']}: {fail['message']}")
     click.echo("\n".join(lines))

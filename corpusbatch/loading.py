@@ -94,6 +94,9 @@ _ABOUT_CONFIG = re.compile(
     re.IGNORECASE,
 )
 
+# Dropping the texts of at least this many rows (and a fifth of all) rewrites store.db.
+VACUUM_MIN_ROWS = 5000
+
 _STORE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS desired (
     id TEXT PRIMARY KEY,
@@ -590,21 +593,29 @@ class RunStore:
 
     def drop_texts(self, published: Collection[str] | None, keep: Collection[str]) -> None:
         """Forget the chunk texts of published sources (``None``: every source but
-        ``keep``): the published table holds them now, so each text is stored once."""
+        ``keep``): the published table holds them now, so each text is stored once.
+
+        Rows that shrink leave their pages mostly empty (SQLite does not merge them): when
+        a large share of the rows lost their texts (a first index), the store is
+        rewritten compactly (VACUUM); small nightly drops just reuse the space."""
         with self.transaction() as db:
             if published is None:
                 _stage_sources(self, "texts_keep", keep)
-                db.execute(
+                dropped = db.execute(
                     "UPDATE desired SET text = '' WHERE text != ''"
                     " AND source NOT IN (SELECT source FROM texts_keep)"
-                )
+                ).rowcount
             else:
                 _stage_sources(self, "texts_drop", published)
-                db.execute(
+                dropped = db.execute(
                     "UPDATE desired SET text = '' WHERE text != ''"
                     " AND source IN (SELECT source FROM texts_drop)"
-                )
-        self.db.execute("PRAGMA incremental_vacuum")
+                ).rowcount
+        if dropped >= max(VACUUM_MIN_ROWS, self.count("desired") // 5):
+            log.info("compacting %s after dropping %d published texts", self.path, dropped)
+            self.db.execute("VACUUM")
+        else:
+            self.db.execute("PRAGMA incremental_vacuum")
 
     def collect_garbage(self) -> int:
         """Drop vectors whose text no desired row has any more (under any identity).

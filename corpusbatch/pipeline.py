@@ -19,6 +19,7 @@ import os
 import secrets
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
@@ -50,7 +51,7 @@ from .loading import (
 )
 from .planning import PlanSummary, plan_files, read_manifest, summarize, waves
 from .scanning import FileResult, FileTask, ScanJob, default_workers, read_files
-from .sources import list_files
+from .sources import list_files, shown, skip_kind
 from .splitting import effective_limits
 from .tokenizers import Tokenizer, get_tokenizer, usage_ratio
 from .types import EmbeddingIdentity, EmbedItem, PlannedFile
@@ -101,7 +102,9 @@ class RunReport:
     model: str = ""
     documents: int = 0
     documents_read: int = 0
+    # every file skipped: {"path", "reason", "kind"}; kind is sources.skip_kind(reason)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    skipped_by_reason: dict[str, int] = field(default_factory=dict)  # kind -> files
     chunks: int = 0
     distinct_vectors: int = 0
     to_embed_inputs: int = 0
@@ -416,7 +419,7 @@ def _scan(
     t0 = time.monotonic()
 
     def on_skip(rel: str, reason: str) -> None:
-        report.skipped.append({"path": rel, "reason": reason})
+        report.skipped.append({"path": rel, "reason": reason, "kind": skip_kind(reason)})
 
     files = list_files(ctx.root, ctx.settings.include, ctx.settings.exclude, on_skip=on_skip)
     root = ctx.root.resolve()
@@ -454,6 +457,7 @@ def _scan(
         store.set_meta("identity", ctx.identity_json)
         report.documents = _document_count(store)
     progress.finish()
+    report.skipped_by_reason = dict(sorted(Counter(s["kind"] for s in report.skipped).items()))
     report.chunks = store.count("desired")
     report.durations["scan"] = round(time.monotonic() - t0, 3)
 
@@ -509,7 +513,9 @@ def _not_files_any_more(
         path = ctx.root / rel
         if not os.path.lexists(path) or path.is_symlink() or path.is_file():
             continue  # gone, a symlink the walk refused, or a file now excluded
-        on_skip(rel, "cannot read file (not a regular file any more); fix it or delete it")
+        reason = "cannot read file (not a regular file any more); fix it or delete it"
+        log.warning("cannot read %s: %s", shown(rel), reason)
+        on_skip(rel, reason)
         if _keep_unreadable(ctx.store, rel, ctx.fingerprint):
             kept.add(rel)
     return kept
@@ -573,6 +579,7 @@ def _scan_one(
     """
     store, fp, rel, prev, st = ctx.store, ctx.fingerprint, step.rel, step.prev, step.st
     if st is None:
+        log.warning("cannot read %s: cannot stat (%s)", shown(rel), step.stat_error)
         on_skip(rel, f"cannot stat ({step.stat_error})")
         return _keep_unreadable(store, rel, fp)
     if result is None:  # unchanged
@@ -1148,6 +1155,8 @@ def index(
     remote providers and never stored.
     """
     progress = progress or NullProgress()
+    if not dry_run:
+        preflight(settings, api_key)
     paths = IndexPaths(settings.index_dir)
     if dry_run and not paths.store.exists():
         # nothing to compare against: plan in a scratch directory, leave no index behind
@@ -1176,6 +1185,50 @@ def index(
         finally:
             ctx.store.close()
             ctx.base_journal.close()
+
+
+#: Seconds :func:`preflight` waits for the provider to answer at all.
+PREFLIGHT_TIMEOUT = 10.0
+
+
+def preflight(settings: Settings, api_key: str | None) -> None:
+    """Fail fast: what would stop a run later is checked before any file is read.
+
+    An unknown provider or model, a remote provider without an API key, and a base URL
+    that does not answer (DNS, connection refused, TLS, timeout after
+    :data:`PREFLIGHT_TIMEOUT` s) raise here, so a night with a broken setup costs
+    seconds instead of a full read and chunk of the corpus. Reachability is one
+    unauthenticated ``GET {base_url}/models``: any HTTP answer, even 401 or 404, will do
+    (the key is checked by the provider's first real answer, and none of it is billed).
+    ``plan`` (a dry run) sends nothing and skips this.
+    """
+    profile = settings.profile()  # an unknown provider raises ConfigError
+    settings.model_spec()
+    if not profile.remote:
+        return
+    if not api_key:
+        env = profile.api_key_env or "the API key variable"
+        raise ConfigError(
+            f"provider {settings.provider!r} needs an API key",
+            hint=f"set {env} (or --api-key-env NAME) in the environment",
+        )
+    import httpx
+
+    from .config import redact_url
+    from .submitting.adapter import DEFAULT_BASE_URL
+
+    base_url = profile.base_url or DEFAULT_BASE_URL
+    try:
+        with httpx.Client(timeout=PREFLIGHT_TIMEOUT, follow_redirects=False) as client:
+            client.get(base_url.rstrip("/") + "/models")
+    except (httpx.TransportError, httpx.InvalidURL) as exc:
+        detail = str(exc).replace(base_url, redact_url(base_url))
+        raise BackendError(
+            f"cannot reach {redact_url(base_url)} ({type(exc).__name__}: {detail}); "
+            "no file was read and nothing was sent",
+            hint="check --base-url (or base_url in corpusbatch.toml) and the network, "
+            "then run again",
+        ) from None
 
 
 def _dry_run(ctx: _Context, full_scan: bool, t0: float) -> RunReport:
