@@ -29,8 +29,8 @@ TABLE = "vectors"
 SCHEMA = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("vector", pa.binary())])
 # keys per `IN (...)` filter: long enough to amortise a query, short enough to parse fast
 LOOKUP_CHUNK = 2000
-# deleting most rows rewrites the table (one commit) when at most this many stay
-REWRITE_MAX_KEEP = 100_000
+# deleting most rows is one delete of the complement when at most this many stay
+REWRITE_MAX_KEEP = 20_000
 # compact once this many appends have made fragments (one per loaded file part)
 COMPACT_FRAGMENTS = 32
 
@@ -125,17 +125,14 @@ class Staging:
             table.delete(quoted_in("key", ordered[i : i + LOOKUP_CHUNK]))
 
     def _rewrite_without(self, gone: set[str]) -> None:
-        """Replace the table by its rows not in ``gone`` (few): one commit, not many."""
-        kept_keys: list[str] = []
-        kept_vecs: list[bytes] = []
-        for keys, vecs in self.rows():
-            for k, v in zip(keys, vecs, strict=True):
-                if k not in gone:
-                    kept_keys.append(k)
-                    kept_vecs.append(v)
-        self.clear()
-        if kept_keys:
-            self.add(list(zip(kept_keys, kept_vecs, strict=True)))
+        """Delete most rows in one commit: everything if nothing else is staged, else all
+        but the few keys that stay (never a read of the vectors into memory)."""
+        kept = sorted({k for keys in self.key_batches() for k in keys if k not in gone})
+        if not kept:
+            self.clear()
+            return
+        table = self._open(create=False)
+        table.delete(f"NOT ({quoted_in('key', kept)})")
 
     def clear(self) -> None:
         """Remove every row (cheaper than deleting them one key at a time)."""
