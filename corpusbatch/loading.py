@@ -50,11 +50,14 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import functools
 import itertools
 import json
 import logging
+import random
 import re
 import sqlite3
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +66,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from .errors import LoadError, redact
+from .errors import ConfigError, LoadError, redact
 from .staging import LOOKUP_CHUNK, Staging, lookup, quoted_in
 from .staging import vector_bytes as staging_bytes
 from .types import Chunk, EmbeddingIdentity, content_hash, row_id, vector_key
@@ -420,13 +423,7 @@ class RunStore:
 
     def missing_vectors(self, keys: Sequence[str]) -> list[str]:
         """The keys among ``keys`` that have no stored vector."""
-        have: set[str] = set()
-        for i in range(0, len(keys), 500):
-            part = keys[i : i + 500]
-            q = ", ".join("?" * len(part))
-            have.update(
-                k for (k,) in self.db.execute(f"SELECT key FROM vectors WHERE key IN ({q})", part)
-            )
+        have = self._have(keys)
         return [k for k in keys if k not in have]
 
     def incomplete_sources(self, among_changed: bool = False) -> list[str]:
@@ -505,24 +502,22 @@ class RunStore:
 
     def desired_among(self, keys: Sequence[str]) -> set[str]:
         """The keys among ``keys`` that some desired row uses."""
-        have: set[str] = set()
-        for i in range(0, len(keys), 500):
-            part = keys[i : i + 500]
-            q = ", ".join("?" * len(part))
-            have.update(
-                k for (k,) in self.db.execute(f"SELECT key FROM desired WHERE key IN ({q})", part)
-            )
-        return have
+        return self._keys_in("desired", keys)
 
     def _have(self, keys: Sequence[str]) -> set[str]:
-        have: set[str] = set()
+        """The keys among ``keys`` that have a vector."""
+        return self._keys_in("vectors", keys)
+
+    def _keys_in(self, table: str, keys: Sequence[str]) -> set[str]:
+        assert table in ("desired", "vectors")
+        found: set[str] = set()
         for i in range(0, len(keys), 500):
             part = keys[i : i + 500]
             q = ", ".join("?" * len(part))
-            have.update(
-                k for (k,) in self.db.execute(f"SELECT key FROM vectors WHERE key IN ({q})", part)
+            found.update(
+                k for (k,) in self.db.execute(f"SELECT key FROM {table} WHERE key IN ({q})", part)
             )
-        return have
+        return found
 
     def adopt(self, table: Any, keys: Sequence[str]) -> int:
         """Record the ``keys`` that the published ``table`` already holds a vector for.
@@ -1272,11 +1267,22 @@ def sql_in(column: str, values: Iterable[str]) -> str:
     return quoted_in(column, sorted(values))
 
 
-def _current_rows(table: Any, sources: Collection[str] | None = None) -> pa.Table:
-    """id, key, source, heading and lines of the table's rows (only of ``sources``)."""
+def namespace_filter(prefix: str) -> str | None:
+    """SQL filter for the rows of one writer's namespace (None: the whole table)."""
+    if not prefix:
+        return None
+    return "starts_with(source, '" + prefix.replace("'", "''") + "')"
+
+
+def _current_rows(table: Any, sources: Collection[str] | None = None, prefix: str = "") -> pa.Table:
+    """id, key, source, heading and lines of the table's rows (only of ``sources``, or
+    with every source, only of the namespace ``prefix``)."""
     cols = ["id", "key", "source", "heading", "start_line", "end_line"]
     if sources is None:
-        return table.search().select(cols).limit(None).to_arrow()
+        query = table.search()
+        if (where := namespace_filter(prefix)) is not None:
+            query = query.where(where)
+        return query.select(cols).limit(None).to_arrow()
     parts = []
     names = sorted(sources)
     for i in range(0, len(names), 500):  # a scalar index on `source` makes each cheap
@@ -1294,6 +1300,7 @@ def publish(
     schema: pa.Schema,
     model: str,
     on_rows: Callable[[int], None] | None = None,
+    namespace: str = "",
 ) -> PublishResult:
     """Bring every complete source's rows in the table up to date.
 
@@ -1311,14 +1318,24 @@ def publish(
 
     Vectors come from the staging table and leave it once the table holds them; the
     published table's own rows supply the vectors of rows that move.
+
+    With a ``namespace`` (a source prefix such as ``"docs/"``; every source of ``store``
+    has it) the table is shared with other writers: only rows whose source starts with
+    it are read, upserted or deleted, and a table of another identity is refused
+    (:class:`ConfigError`) instead of replaced, since the other writers' rows would go.
     """
     table = db.open_table(table_name) if _table_exists(db, table_name) else None
     same = table is not None and _identity_of(table.schema) == _identity_of(schema)
+    if table is not None and not same and namespace:
+        raise _shared_identity_error(table_name, table.schema, schema)
     if same:
         finish_unstaging(store, table)  # a publish killed after its commit
     full = not same or store.is_dirty()
     incomplete = store.incomplete_sources(among_changed=not full)
     finder = VectorFinder(store, table if same else None)
+    if table is None and namespace:
+        table = _create_shared(db, table_name, schema)
+        same, finder = True, VectorFinder(store, table)
     if table is None:
         result = _create(
             db, table_name, store, schema, model, finder, skip=incomplete, on_rows=on_rows
@@ -1326,7 +1343,9 @@ def publish(
     elif not same:
         result = _rebuild(db, table, table_name, store, schema, model, finder, incomplete, on_rows)
     elif full:
-        result = _update(table, store, schema, model, finder, incomplete, None, on_rows)
+        result = _update(
+            table, store, schema, model, finder, incomplete, None, on_rows, prefix=namespace
+        )
     else:
         changed = set(store.changed_sources()) - set(incomplete)
         result = _update(table, store, schema, model, finder, incomplete, changed, on_rows)
@@ -1352,6 +1371,47 @@ def publish(
     if incomplete:
         log.info("%d sources still in flight keep their published rows", len(incomplete))
     return result
+
+
+def _create_shared(db: Any, name: str, schema: pa.Schema) -> Any:
+    """The table a namespaced writer publishes into, created empty if there is none.
+
+    Writers of one table may start at once: each creates it empty (one of them wins,
+    the others find it made) and then publishes like any later run, so no writer ever
+    overwrites what another created. One of another identity is refused.
+    """
+    try:
+        table = db.create_table(name, schema=schema, exist_ok=True)
+    except Exception as exc:  # lost a race to create it: it exists now
+        if not _table_exists(db, name):
+            raise
+        log.info("table %r was created by another writer meanwhile (%s)", name, exc)
+        table = db.open_table(name)
+    if _identity_of(table.schema) != _identity_of(schema):
+        raise _shared_identity_error(name, table.schema, schema)
+    return table
+
+
+def _shared_identity_error(name: str, have: pa.Schema, want: pa.Schema) -> ConfigError:
+    """Why a namespaced writer may not publish into a table built with other settings."""
+
+    def blob(schema: pa.Schema) -> dict[str, Any]:
+        try:
+            value = json.loads(_identity_of(schema) or "{}")
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    old, new = blob(have), blob(want)
+    differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    shown = ", ".join(f"{k} {old.get(k)!r} (this writer: {new.get(k)!r})" for k in differ)
+    return ConfigError(
+        f"table {name!r} is shared by namespaced writers and was built with other "
+        f"settings: {shown or 'an unreadable identity'}; it is not rebuilt, since that "
+        "would delete the other writers' rows",
+        hint="every writer of one table must use the same provider, model, dimensions, "
+        "input prefix and chunking; use those settings, or another --table or --db",
+    )
 
 
 def _unstage(store: RunStore, finder: VectorFinder) -> None:
@@ -1386,9 +1446,11 @@ def _update(
     incomplete: list[str],
     only: Collection[str] | None,
     on_rows: Callable[[int], None] | None,
+    prefix: str = "",
 ) -> PublishResult:
-    """Upsert and delete what differs, for every source or only the ``only`` ones."""
-    current = _current_rows(table, only)
+    """Upsert and delete what differs, for every source (of the namespace ``prefix``)
+    or only the ``only`` ones."""
+    current = _current_rows(table, only, prefix)
     upsert, delete, new, unchanged = diff_against_table(store, current, incomplete, only)
     result = PublishResult(
         inserted=new, updated=len(upsert) - new, deleted=len(delete), unchanged=unchanged
@@ -1409,9 +1471,37 @@ def _update(
         _save_vectors_of_deleted(store, table, current, delete)
         ordered = sorted(delete)
         for i in range(0, len(ordered), LOOKUP_CHUNK):
-            table.delete(sql_in("id", ordered[i : i + LOOKUP_CHUNK]))
+            part = ordered[i : i + LOOKUP_CHUNK]
+            retry_conflicts(functools.partial(table.delete, sql_in("id", part)), "delete")
     result.version = table.version
     return result
+
+
+#: Attempts of a table commit that another writer's commit conflicted with.
+COMMIT_ATTEMPTS = 8
+
+
+def is_commit_conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` is Lance refusing a commit because another writer committed first
+    (retryable: the operation is done again on the new version)."""
+    text = f"{type(exc).__name__} {exc}".lower()
+    return "conflict" in text and ("commit" in text or "retryable" in text)
+
+
+def retry_conflicts(operation: Callable[[], Any], what: str) -> Any:
+    """Run ``operation`` (an idempotent table write), again after a commit conflict.
+
+    Lance retries most conflicts itself; this covers those it gives up on when several
+    writers commit to one table at once. Other errors are raised at once."""
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        try:
+            return operation()
+        except Exception as exc:
+            if attempt == COMMIT_ATTEMPTS or not is_commit_conflict(exc):
+                raise
+            log.info("%s: commit conflict with another writer, attempt %d: %s", what, attempt, exc)
+            time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
 
 
 def _save_vectors_of_deleted(
