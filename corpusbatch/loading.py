@@ -229,6 +229,9 @@ class RunStore:
         # 64 MiB of page cache (the default is 2 MiB): scans of a million desired rows
         # and their key index otherwise thrash it
         self.db.execute("PRAGMA cache_size=-65536")
+        # a first scan writes the whole store in one transaction: without a limit its
+        # WAL file keeps that size (GBs at a million chunks) after the checkpoint
+        self.db.execute("PRAGMA journal_size_limit=67108864")
         self.db.executescript(_STORE_SCHEMA)
         self._migrate_vectors()
         self.db.executescript(_VECTORS_SCHEMA)
