@@ -586,7 +586,8 @@ def test_openai_defaults_split_by_inputs_per_file(tmp_path: Path) -> None:
     items = [EmbedItem(f"{i:032x}", f"small chunk number {i}", 5) for i in range(120_000)]
     files = plan(items, tmp_path, limits)
     assert [f.n_inputs for f in files] == [50_000, 50_000, 20_000]
-    assert [f.n_lines for f in files] == [25, 25, 10]  # 2,048 inputs per line
+    assert limits.max_inputs_per_request == 128  # a lost line re-bills little
+    assert [f.n_lines for f in files] == [391, 391, 157]  # 128 inputs per line
     assert all(f.n_bytes < limits.max_bytes_per_file for f in files)
     check_plan(files, items, limits)
     assert len(waves(files, limits)) == 1  # 600k tokens < 3M enqueued
