@@ -162,6 +162,13 @@ _WHERE = [
     ),
     click.option("--table", help="Table name in the index (default chunks)."),
     click.option(
+        "--db",
+        metavar="URI",
+        help="Where the table lives: a local path or s3://, gs://, az:// URI (default "
+        "INDEX_DIR/lancedb). Credentials and endpoint come from the environment or "
+        "[storage] in corpusbatch.toml, never from flags.",
+    ),
+    click.option(
         "--config",
         "config_path",
         type=click.Path(path_type=Path),
@@ -232,7 +239,15 @@ _SCAN = [
         help="Processes that read and chunk files (default: the cores available).",
     ),
 ]
-_index_options = _options(_WHERE, _PROVIDER, _MODEL, _CHUNKING, _SCAN)
+_NAMESPACE = [
+    click.option(
+        "--namespace",
+        metavar="NAME",
+        help="Publish this root's files as NAME/path and touch no other rows: for one "
+        "table written by several indexers (default: this index owns the whole table).",
+    ),
+]
+_index_options = _options(_WHERE, _PROVIDER, _MODEL, _CHUNKING, _SCAN, _NAMESPACE)
 
 
 def _settings(*, remember: bool = True, **flags: Any) -> Settings:

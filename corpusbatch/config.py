@@ -338,10 +338,44 @@ class Settings:
     # What the index learned about the model (ModelFacts); filled in by the pipeline from
     # the index directory, not a config key.
     learned: ModelFacts | None = field(default=None, repr=False, compare=False)
+    # Where the published table lives: a local path or an object store URI (s3://,
+    # gs://, az://...). None: ``index_dir/lancedb``. The journal, store.db and staging
+    # stay in ``index_dir`` whatever it is.
+    db: str | None = None
+    # LanceDB ``storage_options`` for ``db`` (endpoint, region, credentials): from the
+    # ``[storage]`` table of corpusbatch.toml only, never a flag, never remembered.
+    storage: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    # This writer's share of a table written by several: its sources are published as
+    # ``NAMESPACE/path`` and it never reads, replaces or deletes rows outside that
+    # prefix. Empty: the writer owns the whole table (a table with one writer).
+    namespace: str = ""
 
     def __post_init__(self) -> None:
         if self.api_key_env is not None and not plausible_env_name(self.api_key_env):
             raise ConfigError(_NOT_A_KEY, hint=_NOT_A_KEY_HINT)
+        if self.db is not None:
+            check_db_uri(self.db)
+        if not isinstance(self.storage, dict) or not all(
+            isinstance(k, str) and isinstance(v, str | int | float | bool)
+            for k, v in self.storage.items()
+        ):
+            raise ConfigError(
+                '[storage] takes string options, e.g. aws_endpoint = "http://host:9000"'
+            )
+        self.storage = {
+            k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in self.storage.items()
+        }
+        if self.namespace and not _NAMESPACE.fullmatch(self.namespace):
+            raise ConfigError(
+                f"namespace {self.namespace!r} is not a plain name",
+                hint="use letters, digits, '.', '_' and '-' (it becomes a prefix of every "
+                "source path: NAME/path)",
+            )
+
+    @property
+    def source_prefix(self) -> str:
+        """What every source this writer publishes starts with ('' without a namespace)."""
+        return f"{self.namespace}/" if self.namespace else ""
 
     def profile(self) -> Profile:
         base = PROFILES.get(self.provider)
@@ -434,6 +468,32 @@ class Settings:
 
 
 _SETTINGS_KEYS = {f.name for f in dataclasses.fields(Settings)} - {"learned"}
+_NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_URI_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def is_remote_uri(db: str) -> bool:
+    """Whether ``db`` names an object store (``s3://``, ``gs://``, ``az://``...) rather
+    than a local directory."""
+    match = _URI_SCHEME.match(db)
+    return match is not None and match.group(1).lower() != "file"
+
+
+def check_db_uri(db: str) -> None:
+    """Refuse a table URI that carries credentials: they belong in the environment or
+    ``[storage]``, not in a value that is remembered and shown."""
+    if not isinstance(db, str) or not db.strip():
+        raise ConfigError("--db takes a local path or a URI such as s3://bucket/prefix")
+    if not is_remote_uri(db):
+        return
+    parts = urlsplit(db)
+    if "@" in parts.netloc or parts.query or parts.fragment:
+        raise ConfigError(
+            f"the table URI {redact_url(db)} carries credentials or options",
+            hint="give just scheme://bucket/prefix; credentials and endpoint come from the "
+            "environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...) or [storage] in "
+            "corpusbatch.toml",
+        )
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
@@ -562,6 +622,8 @@ REMEMBERED = (
     "delete_remote_files",
     "model_dimensions",
     "model_accepts_dimensions",
+    "db",  # never `storage`: credentials are not state
+    "namespace",
 )
 
 
@@ -569,6 +631,8 @@ def remembered(settings: Settings) -> dict[str, Any]:
     """The REMEMBERED fields of ``settings``, JSON-ready."""
     out = {k: getattr(settings, k) for k in REMEMBERED}
     out["include"], out["exclude"] = list(settings.include), list(settings.exclude)
+    if settings.db and not is_remote_uri(settings.db):
+        out["db"] = str(Path(settings.db).resolve())  # whatever the next run's working dir
     return out
 
 

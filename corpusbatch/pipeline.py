@@ -44,8 +44,10 @@ from .loading import (
     PublishResult,
     RunStore,
     SourceState,
+    is_commit_conflict,
     load_output,
     publish,
+    retry_conflicts,
     same_identity,
     table_schema,
 )
@@ -55,7 +57,7 @@ from .sources import list_files, shown, skip_kind
 from .splitting import effective_limits
 from .tokenizers import Tokenizer, get_tokenizer, usage_ratio
 from .types import EmbeddingIdentity, EmbedItem, PlannedFile
-from .workspace import IndexPaths, connect, index_lock
+from .workspace import IndexPaths, connect, index_lock, is_local, table_uri
 
 log = logging.getLogger(__name__)
 
@@ -421,6 +423,7 @@ def _scan(
     def on_skip(rel: str, reason: str) -> None:
         report.skipped.append({"path": rel, "reason": reason, "kind": skip_kind(reason)})
 
+    namespace = _namespace(ctx)
     files = list_files(ctx.root, ctx.settings.include, ctx.settings.exclude, on_skip=on_skip)
     root = ctx.root.resolve()
     seen: set[str] = set()
@@ -434,6 +437,7 @@ def _scan(
         for path in files:
             full = str(path)
             rel = full[len(prefix) :] if full.startswith(prefix) else path.as_posix()
+            rel = namespace + rel
             step = _Step(rel, path, *_stat_and_check(ctx, path, rel, full_scan))
             if step.read:
                 prev_sha = step.prev.sha256 if step.prev is not None else None
@@ -452,6 +456,7 @@ def _scan(
         seen |= _not_files_any_more(ctx, before - seen, on_skip)
         _guard_mass_delete(ctx, before, seen, allow_mass_delete or in_transaction)
         report.deleted_sources = store.drop_sources(seen)
+        store.set_meta("namespace", ctx.settings.namespace)
         store.set_meta("root", str(root))
         store.set_meta("fingerprint", ctx.fingerprint)
         store.set_meta("identity", ctx.identity_json)
@@ -460,6 +465,35 @@ def _scan(
     report.skipped_by_reason = dict(sorted(Counter(s["kind"] for s in report.skipped).items()))
     report.chunks = store.count("desired")
     report.durations["scan"] = round(time.monotonic() - t0, 3)
+
+
+def _namespace(ctx: _Context) -> str:
+    """The source prefix of this run (``NAME/``, or '' without a namespace); refuses a
+    namespace other than the one the index directory's sources were published under:
+    renaming every source would delete this writer's rows and publish them again, and
+    without a namespace the writer would take the whole shared table for its own."""
+    mine = ctx.settings.namespace
+    known = ctx.store.get_meta("namespace")
+    if known is None and ctx.store.db.execute("SELECT 1 FROM sources LIMIT 1").fetchone():
+        known = ""  # an index from before namespaces
+    if known is not None and known != mine:
+
+        def name(ns: str) -> str:
+            return f"namespace {ns!r}" if ns else "no namespace"
+
+        raise ConfigError(
+            f"{ctx.paths.root} publishes its files under {name(known)}, not {name(mine)}",
+            hint=f"pass --namespace {known} (or set namespace in corpusbatch.toml)"
+            if known
+            else "drop --namespace, or index into a new --index-dir",
+        )
+    return ctx.settings.source_prefix
+
+
+def _source_prefix(store: RunStore) -> str:
+    """The namespace prefix of the sources in ``store`` ('' for none)."""
+    namespace = store.get_meta("namespace") or ""
+    return f"{namespace}/" if namespace else ""
 
 
 @dataclass
@@ -509,8 +543,9 @@ def _not_files_any_more(
     looked at again next run. Only a path that is gone deletes its rows.
     """
     kept: set[str] = set()
+    namespace = _source_prefix(ctx.store)
     for rel in sorted(unlisted):
-        path = ctx.root / rel
+        path = ctx.root / rel.removeprefix(namespace)
         if not os.path.lexists(path) or path.is_symlink() or path.is_file():
             continue  # gone, a symlink the walk refused, or a file now excluded
         reason = "cannot read file (not a regular file any more); fix it or delete it"
@@ -767,10 +802,11 @@ def _adopt_published(ctx: _Context) -> None:
     reverted edit, a copied file) after its store entry was collected is found there.
     """
     keys = [k for k, _, _ in _keys_to_embed(ctx)]
-    if not keys or not (ctx.paths.lancedb / f"{ctx.settings.table}.lance").exists():
+    local = Path(table_uri(ctx.settings)) / f"{ctx.settings.table}.lance"
+    if not keys or (is_local(ctx.settings) and not local.exists()):
         return  # (nothing to look up: spare the import of lancedb)
     try:
-        table = connect(ctx.paths).open_table(ctx.settings.table)
+        table = connect(ctx.settings).open_table(ctx.settings.table)
     except (FileNotFoundError, ValueError):
         return
     if not same_identity(table, table_schema(ctx.identity, ctx.table_meta())):
@@ -1009,16 +1045,27 @@ def _execute(ctx: _Context, api_key: str | None, wait: bool) -> None:
 
 # -- stage 4: publish ------------------------------------------------------------------
 def _publish(ctx: _Context) -> PublishResult:
-    db = connect(ctx.paths)
+    db = connect(ctx.settings)
     schema = table_schema(ctx.identity, ctx.table_meta())
     ctx.progress.start("loading", total=ctx.store.count("desired"), unit="row")
     result = publish(
-        db, ctx.settings.table, ctx.store, schema, ctx.identity.model, ctx.progress.advance
+        db,
+        ctx.settings.table,
+        ctx.store,
+        schema,
+        ctx.identity.model,
+        ctx.progress.advance,
+        namespace=_source_prefix(ctx.store),
     )
     ctx.progress.finish()
     if result.inserted or result.updated or result.deleted:
         table = db.open_table(ctx.settings.table)
-        _maintain(table, ctx.store)
+        try:
+            retry_conflicts(lambda: _maintain(table, ctx.store), "table maintenance")
+        except Exception as exc:
+            if not is_commit_conflict(exc):
+                raise
+            log.warning("table maintenance gave way to other writers; the next run does it")
         result.version = table.version
     return result
 
@@ -1047,7 +1094,7 @@ def _remove_files(record: FileRecord) -> int:
 
 def _table_exists(ctx: _Context) -> bool:
     try:
-        connect(ctx.paths).open_table(ctx.settings.table)
+        connect(ctx.settings).open_table(ctx.settings.table)
     except (FileNotFoundError, ValueError):
         return False
     return True
@@ -1318,12 +1365,16 @@ def _finish(ctx: _Context, t0: float) -> RunReport:
 def _published_version(ctx: _Context) -> int | None:
     """The table version the last publish left, if that table (of this layout) is still
     on disk; None when a publish must look at the table. A run that changed nothing
-    thus never imports LanceDB (2-4 s on these machines)."""
+    thus never imports LanceDB (2-4 s on these machines). A table on an object store is
+    always looked at: a listing there need not agree with the last commit, and other
+    writers may have committed since."""
     store, name = ctx.store, ctx.settings.table
+    if not is_local(ctx.settings):
+        return None
     if store.get_meta("published_table") != f"{name}@{TABLE_SCHEMA_VERSION}":
         return None
     raw = store.get_meta("published_version")
-    on_disk = _latest_version(ctx.paths.lancedb / f"{name}.lance")
+    on_disk = _latest_version(Path(table_uri(ctx.settings)) / f"{name}.lance")
     if on_disk is None or raw != str(on_disk):
         return None  # gone, or written since (another tool, a restore): look at it
     return on_disk

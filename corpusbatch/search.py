@@ -13,12 +13,12 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from .config import Settings
+from .config import PROFILES, Profile, Settings
 from .errors import ConfigError, CorpusbatchError, IndexNotFound
 from .workspace import open_table, table_identity
 
@@ -264,18 +264,36 @@ def _local_backend() -> Any:
 def _query_embedder(
     settings: Settings, ident: dict[str, Any], model: str, api_key: str | None
 ) -> Callable[[list[str]], Any]:
+    """Embeds queries as the table's rows were: its model, provider and input prefix,
+    all read from the table's own metadata (a reader needs no index directory)."""
     prefix = str(ident.get("input_prefix") or "")
-    if ident.get("provider", settings.provider) == "local" or not settings.profile().remote:
+    provider = str(ident.get("provider") or settings.provider)
+    if provider == "local" or (provider == settings.provider and not settings.profile().remote):
         backend = _local_backend()
         return lambda texts: backend.embed([prefix + t for t in texts])
     from .submitting import RemoteEmbedder, make_client
 
+    profile = _query_profile(settings, provider)
     if not api_key:
         raise ConfigError(
-            f"searching a table built with {model} needs the provider's API key",
-            hint=f"set {settings.profile().api_key_env} and pass --provider",
+            f"searching a table built with {model} ({provider}) needs the provider's API key",
+            hint=f"set {profile.api_key_env or 'the API key variable'} and pass "
+            f"--provider {provider}",
         )
-    remote = RemoteEmbedder(
-        make_client(settings.profile(), api_key), model, ident.get("request_dimensions")
-    )
+    remote = RemoteEmbedder(make_client(profile, api_key), model, ident.get("request_dimensions"))
     return lambda texts: remote.embed([prefix + t for t in texts])
+
+
+def _query_profile(settings: Settings, provider: str) -> Profile:
+    """Where a query for a table built by remote ``provider`` goes: the settings' own
+    profile when they name that provider, else its built-in one. A provider that is
+    not built in needs its base URL from the caller (never from the table)."""
+    if provider == settings.provider:
+        return settings.profile()
+    if provider in PROFILES and PROFILES[provider].remote and settings.base_url is None:
+        return replace(settings, provider=provider).profile()
+    raise ConfigError(
+        f"the table was built with provider {provider!r}, but the search uses "
+        f"{settings.provider!r}",
+        hint=f"pass --provider {provider} (and --base-url if it is not a built-in one)",
+    )

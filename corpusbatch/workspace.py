@@ -3,7 +3,8 @@
 Layout (default ``./.corpusbatch``, see docs/architecture.md)::
 
     state.db   journal of batch files      store.db   desired rows, which keys have vectors
-    lancedb/   the published table         staging/   vectors not published yet
+    lancedb/   the published table (unless settings.db puts it elsewhere, e.g. s3://)
+    staging/   vectors not published yet
     batches/   outputs/   JSONL files
     lock       held by a running index
 """
@@ -21,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import Settings
-from .errors import IndexNotFound, LockedError
+from .config import Settings, is_remote_uri, redact_url
+from .errors import IndexNotFound, LockedError, register_secret
 
 if TYPE_CHECKING:
     from lancedb.table import Table
@@ -85,10 +86,66 @@ def index_lock(paths: IndexPaths) -> Iterator[None]:
         os.close(fd)
 
 
-def connect(paths: IndexPaths) -> Any:
+# Environment variables whose values are credentials of an object store: registered
+# for redaction (an error that echoes one shows ``[redacted]``), never read otherwise;
+# LanceDB's object store layer reads them itself.
+_SECRET_ENV = (
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_SAS_KEY",
+    "AZURE_STORAGE_TOKEN",
+    "AZURE_CLIENT_SECRET",
+    "GOOGLE_SERVICE_ACCOUNT_KEY",
+)
+_SECRET_OPTION = ("secret", "token", "password", "sas", "account_key", "service_account_key")
+
+
+def table_uri(settings: Settings) -> str:
+    """Where the published table of ``settings`` lives: ``db`` (a local path or an object
+    store URI), else ``index_dir/lancedb``."""
+    if settings.db:
+        return settings.db if is_remote_uri(settings.db) else str(Path(settings.db))
+    return str(IndexPaths(settings.index_dir).lancedb)
+
+
+def is_local(settings: Settings) -> bool:
+    """Whether the published table is a directory on this machine."""
+    return not (settings.db and is_remote_uri(settings.db))
+
+
+def storage_options(settings: Settings) -> dict[str, str]:
+    """LanceDB ``storage_options`` for the table: ``[storage]`` of the config file (the
+    environment's AWS_*/AZURE_*/GOOGLE_* variables are read by LanceDB itself). Secret
+    values are registered for redaction from messages and logs."""
+    for name in _SECRET_ENV:
+        register_secret(os.environ.get(name))
+    options = dict(settings.storage)
+    for key, value in options.items():
+        if any(word in key.lower() for word in _SECRET_OPTION):
+            register_secret(value)
+    return options
+
+
+def connect(where: Settings | IndexPaths) -> Any:
+    """The LanceDB connection holding the published table: every open of that table
+    goes through here. An :class:`IndexPaths` means its local ``lancedb`` directory."""
     import lancedb
 
-    return lancedb.connect(str(paths.lancedb))
+    if isinstance(where, IndexPaths):
+        return lancedb.connect(str(where.lancedb))
+    uri = table_uri(where)
+    options = storage_options(where)
+    if is_local(where):
+        return lancedb.connect(uri)
+    try:
+        return lancedb.connect(uri, storage_options=options or None)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise IndexNotFound(
+            f"cannot reach the table store {redact_url(uri)}: {exc}",
+            hint="check the endpoint and credentials in the environment (AWS_ENDPOINT_URL, "
+            "AWS_ACCESS_KEY_ID, ...) or [storage] in corpusbatch.toml",
+        ) from exc
 
 
 def last_settings(index_dir: Path) -> dict[str, Any]:
@@ -128,17 +185,17 @@ def open_table(settings: Settings) -> Table:
     rebuilds it from the stored vectors, embedding nothing.
     """
     paths = IndexPaths(settings.index_dir)
-    if not paths.lancedb.exists():
+    if is_local(settings) and not Path(table_uri(settings)).exists():
         raise IndexNotFound(
-            f"no index in {paths.root}",
-            hint="run `corpusbatch index DIR` first, or pass --index-dir",
+            f"no index in {paths.root}" if settings.db is None else f"no table in {settings.db}",
+            hint="run `corpusbatch index DIR` first, or pass --index-dir or --db",
         )
-    db = connect(paths)
+    db = connect(settings)
     try:
         table: Table = db.open_table(settings.table)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, OSError) as exc:
         raise IndexNotFound(
-            f"table {settings.table!r} not found in {paths.lancedb}",
+            f"table {settings.table!r} not found in {redact_url(table_uri(settings))}",
             hint="run `corpusbatch index DIR` to completion first",
         ) from exc
     if "metadata" not in table.schema.names:

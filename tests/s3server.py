@@ -1,0 +1,126 @@
+"""A real S3 HTTP API on loopback for tests and benchmarks: moto's server, counting requests.
+
+``S3Server`` runs moto's S3 implementation (``moto[server]``; no network) in a thread on a
+free loopback port, creates a bucket, and counts every request by method and status, so
+a test can assert what a publish sent and a benchmark can report it. Writers in other
+processes reach it through the standard ``AWS_*`` environment variables (:meth:`env`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+ACCESS_KEY = "corpusbatch-test-key-id"
+SECRET_KEY = "cbS3secret-Zq81xWv4LpT7nR2yK9mD"  # recognisable: tests search for leaks
+
+
+class S3Server:
+    """moto's S3 on ``127.0.0.1:<free port>`` with one bucket; a context manager."""
+
+    def __init__(self, bucket: str = "corpus") -> None:
+        self.bucket = bucket
+        self.requests: Counter[str] = Counter()  # "GET 200", "PUT 412", ...
+        self._lock = threading.Lock()
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self.port = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def uri(self, prefix: str) -> str:
+        return f"s3://{self.bucket}/{prefix}"
+
+    def env(self) -> dict[str, str]:
+        """The environment a writer or reader process needs (no flag carries any of it)."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_REGION": "us-east-1",
+            "AWS_ALLOW_HTTP": "true",
+        }
+
+    def storage_options(self) -> dict[str, str]:
+        """The same as LanceDB ``storage_options`` (the ``[storage]`` table's keys)."""
+        return {
+            "aws_endpoint": self.endpoint,
+            "aws_access_key_id": ACCESS_KEY,
+            "aws_secret_access_key": SECRET_KEY,
+            "aws_region": "us-east-1",
+            "allow_http": "true",
+        }
+
+    def count(self, methods: Iterable[str] = ("GET", "PUT", "POST", "DELETE", "HEAD")) -> int:
+        wanted = set(methods)
+        with self._lock:
+            return sum(n for k, n in self.requests.items() if k.split()[0] in wanted)
+
+    def reset(self) -> Counter[str]:
+        """The counts so far, and start counting from zero."""
+        with self._lock:
+            seen = Counter(self.requests)
+            self.requests.clear()
+        return seen
+
+    def _counting(self, app: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            def start(status: str, headers: Any, exc_info: Any = None) -> Any:
+                with self._lock:
+                    self.requests[f"{environ['REQUEST_METHOD']} {status.split()[0]}"] += 1
+                return start_response(status, headers, exc_info)
+
+            return app(environ, start)
+
+        return wrapped
+
+    def __enter__(self) -> S3Server:
+        import boto3
+        from moto.server import DomainDispatcherApplication, create_backend_app
+        from werkzeug.serving import make_server
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request
+        app = DomainDispatcherApplication(create_backend_app)
+        self._server = make_server("127.0.0.1", 0, self._counting(app), threaded=True)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            region_name="us-east-1",
+        ).create_bucket(Bucket=self.bucket)
+        self.reset()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Every object key in the bucket under ``prefix``."""
+        import boto3
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            region_name="us-east-1",
+        )
+        out: list[str] = []
+        for page in client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix
+        ):
+            out.extend(o["Key"] for o in page.get("Contents", []))
+        return out
