@@ -31,7 +31,7 @@ import os
 from collections import deque
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +140,8 @@ class _Reader:
         result.sha256 = doc.sha256
         if task.prev_sha256 == doc.sha256:
             return result
+        if doc.path != task.rel:  # a writer's namespace: NAME/path is the rows' source
+            doc = replace(doc, path=task.rel)
         try:
             chunks = self.chunker.chunk(doc)
         except ChunkingError as exc:  # one bad document must not stop the run

@@ -23,7 +23,7 @@ import numpy as np
 from .config import Settings
 from .errors import IndexNotFound
 from .journal import Journal
-from .loading import RunStore, sql_in
+from .loading import RunStore, namespace_filter, sql_in
 from .pipeline import RunReport, index, resolve_identity
 from .types import content_hash
 from .workspace import IndexPaths, index_lock, open_table
@@ -151,7 +151,10 @@ def _check_table(settings: Settings, store: RunStore, dims: int, report: VerifyR
     report.expected_rows = len(expected)
     seen: Counter[str] = Counter()
     if table is not None:
-        reader = table.search().select(_COLUMNS).limit(None).to_batches(8192)
+        query = table.search()  # a namespaced writer checks only its own rows
+        if (mine := namespace_filter(_namespace_prefix(store))) is not None:
+            query = query.where(mine)
+        reader = query.select(_COLUMNS).limit(None).to_batches(8192)
         for batch in reader:
             _check_batch(batch.to_pydict(), dims, seen, report)
     report.rows = sum(seen.values())
@@ -191,12 +194,18 @@ def _check_store(store: RunStore, dims: int, report: VerifyReport) -> None:
                 report.bad_stored_vectors.append(key)
 
 
+def _namespace_prefix(store: RunStore) -> str:
+    namespace = store.get_meta("namespace") or ""
+    return f"{namespace}/" if namespace else ""
+
+
 def _check_sources(store: RunStore, root: Path, report: VerifyReport) -> None:
+    prefix = _namespace_prefix(store)
     for source, size, mtime_ns in store.db.execute(
         "SELECT source, size, mtime_ns FROM sources ORDER BY source"
     ):
         try:
-            st = (root / source).stat()
+            st = (root / source.removeprefix(prefix)).stat()
         except OSError:
             report.sources_missing.append(source)
             continue
