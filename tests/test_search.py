@@ -278,3 +278,35 @@ def test_default_is_hybrid_and_scores_fuse_cosine_and_bm25(
         want += (1 - HYBRID_VECTOR_WEIGHT) * bm25.get(hit.id, 0.0) / top
         assert hit.score == pytest.approx(want, abs=1e-5)
     assert [h.score for h in default] == sorted((h.score for h in default), reverse=True)
+
+
+# -- the query model comes from the table (a reader with nothing local, issue #11) ------
+def test_the_query_is_embedded_by_the_provider_recorded_in_the_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from corpusbatch import search as search_mod
+    from corpusbatch.config import Settings
+    from corpusbatch.errors import ConfigError
+
+    loaded: list[str] = []
+
+    class FakeLocal:
+        def embed(self, texts: list[str]) -> np.ndarray:
+            loaded.extend(texts)
+            return np.ones((len(texts), 4), dtype=np.float32)
+
+    monkeypatch.setattr(search_mod, "_local_backend", lambda: FakeLocal())
+    reader = Settings()  # a reader's defaults: provider local, nothing remembered
+    local = {"provider": "local", "model": "all-MiniLM-L6-v2", "input_prefix": "q: "}
+    search_mod._query_embedder(reader, local, "all-MiniLM-L6-v2", None)(["tea"])
+    assert loaded == ["q: tea"], "the table's input prefix, the local model"
+    # a table built by OpenAI is never queried with the local model: its key is asked for
+    remote = {"provider": "openai", "model": "text-embedding-3-small"}
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
+        search_mod._query_embedder(reader, remote, "text-embedding-3-small", None)
+    built_in = search_mod._query_profile(reader, "openai")
+    assert built_in.name == "openai" and built_in.api_key_env == "OPENAI_API_KEY"
+    # a provider that is not built in: its base URL must come from the reader, not the table
+    with pytest.raises(ConfigError, match="--provider acme"):
+        search_mod._query_embedder(reader, {"provider": "acme"}, "m", "sk-test-0123456789")
+    assert loaded == ["q: tea"]
