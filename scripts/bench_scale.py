@@ -25,6 +25,13 @@ index directory's size by part (``store.db``, ``state.db``, ``lancedb/``, ``stag
 published table's size (its directory, all versions kept, and the bytes of its latest
 version) and the ratio of the index directory to the table.
 
+With ``--db s3`` (issue #11 item 5) the table goes to ``s3://bench/tables`` on moto's S3
+server (``tests/s3server.py``, the real S3 HTTP API on loopback, in its own process;
+endpoint and credentials reach the CLI as ``AWS_*`` environment variables), and each run
+also records the S3 requests it sent, by method and status, and the bytes each way.
+Everything else stays as above, so the figures compare with a local-disk run
+(``--db local``, the default) of the same size.
+
 Linux only (``/proc``, ``wait4``); no network; not part of the test suite
 (``tests/test_bench_scale.py`` runs it once at 2,000 chunks).
 
@@ -39,7 +46,8 @@ directory, removed afterwards unless ``--keep``), ``--keep``, ``--json`` (the fi
 as JSON on stdout; the human lines go to stderr), ``--db-dims D`` (``--dimensions``
 asked of the fake, i.e. the stored vector size, default 256), ``--at REV`` (measure
 ``git archive REV corpusbatch`` instead of the working tree), ``--corpus DIR``
-(repeatable; default the two Markdown corpora), ``--workers N`` (passed to ``index``).
+(repeatable; default the two Markdown corpora), ``--workers N`` (passed to ``index``),
+``--db local|s3`` (where the table goes).
 """
 
 from __future__ import annotations
@@ -64,6 +72,7 @@ CORPORA = REPO.parent / "shared" / "corpora"
 DEFAULT_CORPORA = [CORPORA / "rust-book", CORPORA / "fastapi-docs"]
 KEY_ENV = "CORPUSBATCH_BENCH_KEY"
 TABLE = "chunks"
+S3_PREFIX = "tables"  # the table lives at s3://<bucket>/tables/chunks.lance
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICKS = os.sysconf("SC_CLK_TCK")
 MB = 1024 * 1024
@@ -250,6 +259,59 @@ def serve(dims: int) -> None:
         sys.stdin.read()
 
 
+class S3Process:
+    """tests/s3server.py (moto's S3 on loopback) in a process of its own (this script
+    with ``--serve-s3``): answers ``count`` (requests and bytes since the last count, as
+    JSON) and ``size`` (bytes and objects of the table) on its stdin."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve-s3"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        self.info = json.loads(self.proc.stdout.readline())
+
+    def ask(self, command: str) -> dict[str, int]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return dict(json.loads(self.proc.stdout.readline()))
+
+    def snapshot(self) -> dict[str, float]:
+        st = _status(self.proc.pid)
+        return {
+            "rss_mb": round(st.get("VmRSS", 0) / MB, 1),
+            "cpu_s": round(_cpu_seconds(self.proc.pid), 2),
+        }
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def serve_s3() -> None:
+    sys.path.insert(0, str(REPO / "tests"))
+    from s3server import S3Server
+
+    with S3Server(bucket="bench") as s3:
+        print(json.dumps({"env": s3.env(), "uri": s3.uri(S3_PREFIX)}), flush=True)
+        for line in sys.stdin:
+            if line.strip() == "count":
+                print(json.dumps(s3.reset()), flush=True)
+            else:
+                objects = s3.objects(f"{S3_PREFIX}/{TABLE}.lance/")
+                print(json.dumps({"bytes": sum(objects.values()), "objects": len(objects)}))
+                sys.stdout.flush()
+
+
 # ------------------------------------------------------------------------ sizes ---
 def tree_bytes(path: Path) -> int:
     if path.is_file():
@@ -287,16 +349,33 @@ def index_sizes(index_dir: Path) -> dict[str, float]:
     return out
 
 
-def table_sizes(index_dir: Path) -> dict[str, Any]:
-    """The published table: its directory (every version LanceDB keeps) and, from
-    ``Table.stats()``, the bytes and rows of its latest version."""
+def table_sizes(index_dir: Path, s3: S3Process | None = None) -> dict[str, Any]:
+    """The published table: its directory (every version LanceDB keeps; on S3 its
+    objects) and, from ``Table.stats()``, the bytes and rows of its latest version."""
     out: dict[str, Any] = {}
     tdir = index_dir / "lancedb" / f"{TABLE}.lance"
     out["dir_mb"] = round(tree_bytes(tdir) / MB, 2) if tdir.exists() else 0.0
+    if s3 is not None:
+        size = s3.ask("size")
+        out["dir_mb"], out["objects"] = round(size["bytes"] / MB, 2), size["objects"]
     try:
         import lancedb
 
-        table = lancedb.connect(str(index_dir / "lancedb")).open_table(TABLE)
+        if s3 is None:
+            db = lancedb.connect(str(index_dir / "lancedb"))
+        else:
+            env = s3.info["env"]
+            db = lancedb.connect(
+                s3.info["uri"],
+                storage_options={
+                    "aws_endpoint": env["AWS_ENDPOINT_URL"],
+                    "aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
+                    "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
+                    "aws_region": env["AWS_REGION"],
+                    "allow_http": "true",
+                },
+            )
+        table = db.open_table(TABLE)
         stats = table.stats()
         get = stats.get if isinstance(stats, dict) else lambda k: getattr(stats, k, None)
         out["latest_mb"] = round((get("total_bytes") or 0) / MB, 2)
@@ -336,6 +415,7 @@ def run_index(
     args: argparse.Namespace,
     src: Path,
     log: Any,
+    s3: S3Process | None = None,
 ) -> dict[str, Any]:
     cmd = [
         sys.executable,
@@ -364,6 +444,11 @@ def run_index(
     env = dict(os.environ, PYTHONPATH=str(src), **{KEY_ENV: "fake-key"})
     for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_ORG_ID"):
         env.pop(var, None)
+    if s3 is not None:
+        cmd += ["--db", s3.info["uri"]]
+        env.update(s3.info["env"])
+        s3.ask("count")  # count this run's requests only
+        s3_before = s3.snapshot()
     out_path = index_dir.parent / f"{name}.stdout"
     err_path = index_dir.parent / f"{name}.stderr"
     server_before = server.snapshot()
@@ -386,8 +471,9 @@ def run_index(
     if proc.returncode != 0 or not report:
         log(f"{name}: exit {proc.returncode}\n{stderr[-3000:]}")
         raise SystemExit(f"`corpusbatch index` failed in run {name!r} (exit {proc.returncode})")
+    s3_requests = s3.ask("count") if s3 is not None else None
     sizes = index_sizes(index_dir)
-    table = table_sizes(index_dir)
+    table = table_sizes(index_dir, s3)
     result: dict[str, Any] = {
         "run": name,
         "wall_s": round(wall, 2),
@@ -414,6 +500,27 @@ def run_index(
             "cpu_s": round(server_after["cpu_s"] - server_before["cpu_s"], 2),
         },
     }
+    if s3 is not None and s3_requests is not None:
+        by_method: dict[str, int] = {}
+        for key, n in s3_requests.items():
+            if not key.startswith("bytes"):
+                method = key.split()[0]
+                by_method[method] = by_method.get(method, 0) + n
+        s3_after = s3.snapshot()
+        result["s3"] = {
+            "requests": sum(by_method.values()),
+            "by_method": by_method,
+            "by_status": {k: n for k, n in s3_requests.items() if not k.startswith("bytes")},
+            "mb_in": round(s3_requests.get("bytes in", 0) / MB, 2),
+            "mb_out": round(s3_requests.get("bytes out", 0) / MB, 2),
+            "server_rss_mb": s3_after["rss_mb"],
+            "server_cpu_s": round(s3_after["cpu_s"] - s3_before["cpu_s"], 2),
+        }
+        log(
+            f"    S3: {result['s3']['requests']} requests {by_method}, "
+            f"{result['s3']['mb_in']} MB up, {result['s3']['mb_out']} MB down; "
+            f"moto {s3_after['rss_mb']:.0f} MB, cpu {result['s3']['server_cpu_s']:.0f} s"
+        )
     log(_describe(result))
     return result
 
@@ -523,10 +630,17 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, action="append", help="Markdown corpus dir")
     parser.add_argument("--at", metavar="REV", help="measure this commit's corpusbatch/")
     parser.add_argument("--sample", type=float, default=0.1, help="RSS sampling interval (s)")
+    parser.add_argument(
+        "--db", choices=("local", "s3"), default="local", help="the table on disk or on S3"
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-s3", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(args.db_dims)
+        return
+    if args.serve_s3:
+        serve_s3()
         return
 
     def log(msg: str) -> None:
@@ -540,6 +654,7 @@ def main() -> None:
         raise SystemExit(f"{work} already holds a benchmark's files: pick a fresh --workdir")
     work.mkdir(parents=True, exist_ok=True)
     server = None
+    s3 = None
     try:
         if args.at:
             commit = git("rev-parse", args.at)
@@ -581,13 +696,16 @@ def main() -> None:
         )
 
         server = FakeServer(args.db_dims)
+        if args.db == "s3":
+            s3 = S3Process()
+            log(f"table on {s3.info['uri']} (moto at {s3.info['env']['AWS_ENDPOINT_URL']})")
         index_dir = work / "index"
         runs, edited = [], ""
         for name in RUNS:
             if name == "edit":
                 edited = edit_one_file(corpus)
                 log(f"edited {edited}")
-            runs.append(run_index(name, corpus, index_dir, server, args, src, log))
+            runs.append(run_index(name, corpus, index_dir, server, args, src, log, s3))
         first = runs[0]
         result = {
             "date": time.strftime("%Y-%m-%d", time.localtime(started)),
@@ -600,6 +718,7 @@ def main() -> None:
                 "dimensions": args.db_dims,
                 "workers": args.workers,
                 "provider": "openai (loopback fake, instant)",
+                "db": args.db if args.db == "local" else "s3 (moto server on loopback)",
             },
             "corpus": {
                 "sources": [p.name for p in corpora],
@@ -621,6 +740,8 @@ def main() -> None:
     finally:
         if server is not None:
             server.close()
+        if s3 is not None:
+            s3.close()
         if args.keep:
             log(f"kept {work}")
         elif args.workdir is None:

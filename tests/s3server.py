@@ -24,6 +24,7 @@ class S3Server:
     def __init__(self, bucket: str = "corpus") -> None:
         self.bucket = bucket
         self.requests: Counter[str] = Counter()  # "GET 200", "PUT 412", ...
+        self.bytes: Counter[str] = Counter()  # "in" (request bodies), "out" (responses)
         self._lock = threading.Lock()
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -57,22 +58,29 @@ class S3Server:
         }
 
     def count(self, methods: Iterable[str] = ("GET", "PUT", "POST", "DELETE", "HEAD")) -> int:
+        """Requests so far with one of ``methods``."""
         wanted = set(methods)
         with self._lock:
             return sum(n for k, n in self.requests.items() if k.split()[0] in wanted)
 
     def reset(self) -> Counter[str]:
-        """The counts so far, and start counting from zero."""
+        """The counts so far (requests by method and status, and ``bytes in``/``bytes
+        out``), and start counting from zero."""
         with self._lock:
             seen = Counter(self.requests)
+            seen.update({f"bytes {k}": n for k, n in self.bytes.items()})
             self.requests.clear()
+            self.bytes.clear()
         return seen
 
     def _counting(self, app: Callable[..., Any]) -> Callable[..., Any]:
         def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
             def start(status: str, headers: Any, exc_info: Any = None) -> Any:
+                sent = next((v for k, v in headers if k.lower() == "content-length"), "0")
                 with self._lock:
                     self.requests[f"{environ['REQUEST_METHOD']} {status.split()[0]}"] += 1
+                    self.bytes["in"] += int(environ.get("CONTENT_LENGTH") or 0)
+                    self.bytes["out"] += int(sent) if str(sent).isdigit() else 0
                 return start_response(status, headers, exc_info)
 
             return app(environ, start)
@@ -109,6 +117,10 @@ class S3Server:
 
     def keys(self, prefix: str = "") -> list[str]:
         """Every object key in the bucket under ``prefix``."""
+        return list(self.objects(prefix))
+
+    def objects(self, prefix: str = "") -> dict[str, int]:
+        """``key -> size in bytes`` of every object in the bucket under ``prefix``."""
         import boto3
 
         client = boto3.client(
@@ -118,9 +130,9 @@ class S3Server:
             aws_secret_access_key=SECRET_KEY,
             region_name="us-east-1",
         )
-        out: list[str] = []
+        out: dict[str, int] = {}
         for page in client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=prefix
         ):
-            out.extend(o["Key"] for o in page.get("Contents", []))
+            out.update((o["Key"], int(o["Size"])) for o in page.get("Contents", []))
         return out
