@@ -105,7 +105,9 @@ def table_uri(settings: Settings) -> str:
     """Where the published table of ``settings`` lives: ``db`` (a local path or an object
     store URI), else ``index_dir/lancedb``."""
     if settings.db:
-        return settings.db if is_remote_uri(settings.db) else str(Path(settings.db))
+        if is_remote_uri(settings.db):
+            return settings.db
+        return str(Path(settings.db.removeprefix("file://")))
     return str(IndexPaths(settings.index_dir).lancedb)
 
 

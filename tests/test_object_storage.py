@@ -28,7 +28,7 @@ from s3server import SECRET_KEY, S3Server
 from corpusbatch import Settings, index, open_table, pipeline, search_index
 from corpusbatch.config import remembered, settings_from
 from corpusbatch.errors import ConfigError
-from corpusbatch.workspace import IndexPaths, table_uri
+from corpusbatch.workspace import IndexPaths, is_local, table_uri
 
 REPO = Path(__file__).resolve().parents[1]
 DIMS = 16
@@ -128,6 +128,9 @@ def test_db_and_storage_come_from_the_config_file_and_storage_is_never_remembere
     local = settings_from({"db": "shared/tables"}, None)
     assert remembered(local)["db"] == str((Path.cwd() / "shared/tables").resolve())
     assert table_uri(Settings(index_dir=tmp_path / "i")) == str(tmp_path / "i" / "lancedb")
+    assert table_uri(Settings(db="file:///srv/rag")) == "/srv/rag"
+    assert is_local(Settings(db="file:///srv/rag")) and is_local(Settings(db="rel/dir"))
+    assert not any(is_local(Settings(db=f"{s}://b/p")) for s in ("s3", "gs", "az"))
 
 
 @pytest.mark.parametrize(
