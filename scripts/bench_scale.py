@@ -503,14 +503,25 @@ def run_index(
     if s3 is not None and s3_requests is not None:
         by_method: dict[str, int] = {}
         for key, n in s3_requests.items():
-            if not key.startswith("bytes"):
+            if not key.startswith(("bytes", "part")):
                 method = key.split()[0]
                 by_method[method] = by_method.get(method, 0) + n
         s3_after = s3.snapshot()
         result["s3"] = {
             "requests": sum(by_method.values()),
             "by_method": by_method,
-            "by_status": {k: n for k, n in s3_requests.items() if not k.startswith("bytes")},
+            "by_status": {
+                k: n for k, n in s3_requests.items() if not k.startswith(("bytes", "part"))
+            },
+            # requests and MB (both ways) by the table part they are about
+            "by_part": {
+                k.removeprefix("part "): n for k, n in s3_requests.items() if k.startswith("part ")
+            },
+            "mb_by_part": {
+                k.removeprefix("part-bytes "): round(n / MB, 2)
+                for k, n in s3_requests.items()
+                if k.startswith("part-bytes ")
+            },
             "mb_in": round(s3_requests.get("bytes in", 0) / MB, 2),
             "mb_out": round(s3_requests.get("bytes out", 0) / MB, 2),
             "server_rss_mb": s3_after["rss_mb"],
@@ -519,7 +530,8 @@ def run_index(
         log(
             f"    S3: {result['s3']['requests']} requests {by_method}, "
             f"{result['s3']['mb_in']} MB up, {result['s3']['mb_out']} MB down; "
-            f"moto {s3_after['rss_mb']:.0f} MB, cpu {result['s3']['server_cpu_s']:.0f} s"
+            f"moto {s3_after['rss_mb']:.0f} MB, cpu {result['s3']['server_cpu_s']:.0f} s\n"
+            f"    S3 by part: {result['s3']['by_part']}, MB {result['s3']['mb_by_part']}"
         )
     log(_describe(result))
     return result

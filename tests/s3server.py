@@ -18,6 +18,19 @@ ACCESS_KEY = "corpusbatch-test-key-id"
 SECRET_KEY = "cbS3secret-Zq81xWv4LpT7nR2yK9mD"  # recognisable: tests search for leaks
 
 
+_PARTS = ("_versions", "_transactions", "_indices", "_deletions", "data", "__manifest")
+
+
+def _part(environ: dict[str, Any]) -> str:
+    """Which part of a Lance table a request is about (``list`` for a listing)."""
+    if "list-type" in environ.get("QUERY_STRING", "") or "prefix=" in environ.get(
+        "QUERY_STRING", ""
+    ):
+        return "list"
+    path = environ.get("PATH_INFO", "")
+    return next((p for p in _PARTS if f"/{p}/" in path), "other")
+
+
 class S3Server:
     """moto's S3 on ``127.0.0.1:<free port>`` with one bucket; a context manager."""
 
@@ -25,6 +38,9 @@ class S3Server:
         self.bucket = bucket
         self.requests: Counter[str] = Counter()  # "GET 200", "PUT 412", ...
         self.bytes: Counter[str] = Counter()  # "in" (request bodies), "out" (responses)
+        # by what a Lance table's object is: "PUT data", "GET _indices", "GET list" ...
+        self.parts: Counter[str] = Counter()
+        self.part_bytes: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -69,18 +85,26 @@ class S3Server:
         with self._lock:
             seen = Counter(self.requests)
             seen.update({f"bytes {k}": n for k, n in self.bytes.items()})
-            self.requests.clear()
-            self.bytes.clear()
+            seen.update({f"part {k}": n for k, n in self.parts.items()})
+            seen.update({f"part-bytes {k}": n for k, n in self.part_bytes.items()})
+            for counter in (self.requests, self.bytes, self.parts, self.part_bytes):
+                counter.clear()
         return seen
 
     def _counting(self, app: Callable[..., Any]) -> Callable[..., Any]:
         def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
             def start(status: str, headers: Any, exc_info: Any = None) -> Any:
                 sent = next((v for k, v in headers if k.lower() == "content-length"), "0")
+                method = environ["REQUEST_METHOD"]
+                up = int(environ.get("CONTENT_LENGTH") or 0)
+                down = int(sent) if str(sent).isdigit() else 0
+                part = f"{method} {_part(environ)}"
                 with self._lock:
-                    self.requests[f"{environ['REQUEST_METHOD']} {status.split()[0]}"] += 1
-                    self.bytes["in"] += int(environ.get("CONTENT_LENGTH") or 0)
-                    self.bytes["out"] += int(sent) if str(sent).isdigit() else 0
+                    self.requests[f"{method} {status.split()[0]}"] += 1
+                    self.bytes["in"] += up
+                    self.bytes["out"] += down
+                    self.parts[part] += 1
+                    self.part_bytes[part] += up + down
                 return start_response(status, headers, exc_info)
 
             return app(environ, start)
