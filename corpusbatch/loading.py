@@ -1106,10 +1106,21 @@ def _arrow_batch(
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-_ROW_SELECT = (
+_ROW_COLUMNS = (
     "SELECT d.id, d.key, d.source, d.heading, d.start_line, d.end_line, d.n_tokens, d.text,"
-    " d.content_hash, v.custom_id FROM desired d JOIN vectors v ON v.key = d.key"
+    " d.content_hash, v.custom_id"
 )
+_ROW_SELECT = _ROW_COLUMNS + " FROM desired d JOIN vectors v ON v.key = d.key"
+
+
+def _rows_of(driver: str, on: str) -> str:
+    """The row query driven by the (small) temp table ``driver``: CROSS JOIN keeps it
+    the outer loop, where SQLite's planner would scan every desired row for each
+    batch (quadratic at a million rows)."""
+    return (
+        f"{_ROW_COLUMNS} FROM {driver} x CROSS JOIN desired d ON d.{on} = x.{on}"
+        " CROSS JOIN vectors v ON v.key = d.key"
+    )
 
 
 def stage_ids(store: RunStore, ids: set[str]) -> None:
@@ -1200,9 +1211,7 @@ def iter_staged_rows(
                 ((k,) for k in vecs),
             )
             db.execute("INSERT OR IGNORE INTO emitted_keys (key) SELECT key FROM batch_keys")
-        rows = db.execute(
-            _ROW_SELECT + " JOIN batch_keys b ON b.key = d.key" + where + " ORDER BY d.rowid"
-        ).fetchall()
+        rows = db.execute(_rows_of("batch_keys", "key") + where + " ORDER BY d.rowid").fetchall()
         kept = [r for r in rows if r[7]]
         finder.needs_text.update(r[2] for r in rows if not r[7])
         finder.skipped_rows += len(rows) - len(kept)
@@ -1235,9 +1244,7 @@ def iter_row_batches(
     Only staged ids (:func:`stage_ids`) if asked; never rows of ``skip_sources``. A row
     whose vector ``finder`` cannot find is left out (its key ends in ``finder.missing``).
     """
-    sql = _ROW_SELECT
-    if staged_only:
-        sql += " JOIN publish_ids p ON p.id = d.id"
+    sql = _rows_of("publish_ids", "id") if staged_only else _ROW_SELECT
     if skip_sources:
         _stage_sources(store, "publish_skip", skip_sources)
         sql += " WHERE d.source NOT IN (SELECT source FROM publish_skip)"
