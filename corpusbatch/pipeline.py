@@ -804,9 +804,11 @@ def _adopt_published(ctx: _Context) -> None:
     The table is the cache of every published vector: a text that comes back (a
     reverted edit, a copied file) after its store entry was collected is found there.
     """
-    keys = [k for k, _, _ in _keys_to_embed(ctx)]
     local = Path(table_uri(ctx.settings)) / f"{ctx.settings.table}.lance"
-    if not keys or (is_local(ctx.settings) and not local.exists()):
+    if is_local(ctx.settings) and not local.exists():
+        return  # no table yet (a first index): nothing to look up, no key list to build
+    keys = [k for k, _, _ in _keys_to_embed(ctx)]
+    if not keys:
         return  # (nothing to look up: spare the import of lancedb)
     try:
         table = connect(ctx.settings).open_table(ctx.settings.table)
