@@ -1414,14 +1414,19 @@ def publish(
         )
     elif not same:
         result = _rebuild(db, table, table_name, store, schema, model, finder, incomplete, on_rows)
-    elif full:
-        result = _update(
-            table, store, schema, model, finder, incomplete, None, on_rows, prefix=namespace
-        )
     else:
-        changed = set(store.changed_sources()) - set(incomplete)
-        result = _update(table, store, schema, model, finder, incomplete, changed, on_rows)
-        result.published_sources = sorted(changed)
+        only = None if full else set(store.changed_sources()) - set(incomplete)
+
+        def update(table: Any, finder: VectorFinder) -> PublishResult:
+            args = (table, store, schema, model, finder, incomplete, only, on_rows)
+            return _update(*args, prefix=(namespace or "") if full else "")
+
+        if namespace:
+            result, finder = _update_shared(db, table_name, store, update)
+        else:
+            result = update(table, finder)
+        if only is not None:
+            result.published_sources = sorted(only)
     result.incomplete_sources = incomplete
     if result.version is not None and not result.deferred_rebuild:
         _unstage(store, finder)
@@ -1445,23 +1450,75 @@ def publish(
     return result
 
 
+def _update_shared(
+    db: Any,
+    table_name: str,
+    store: RunStore,
+    update: Callable[[Any, VectorFinder], PublishResult],
+) -> tuple[PublishResult, VectorFinder]:
+    """``update(table, finder)`` on a shared table, done again from its newest version
+    when another writer's commit made ours impossible (Lance gives up on an upsert that
+    meets a concurrent overwrite, see :func:`_create_shared`; redoing it is safe, since
+    rows are keyed by id and what differs is worked out again)."""
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        table = db.open_table(table_name)
+        finder = VectorFinder(store, table)
+        try:
+            return update(table, finder), finder
+        except Exception as exc:
+            if attempt == COMMIT_ATTEMPTS or not is_commit_conflict(exc):
+                raise
+            log.info("publish: commit conflict with another writer, attempt %d: %s", attempt, exc)
+            time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
 def _create_shared(db: Any, name: str, schema: pa.Schema) -> Any:
     """The table a namespaced writer publishes into, created empty if there is none.
 
-    Writers of one table may start at once: each creates it empty (one of them wins,
-    the others find it made) and then publishes like any later run, so no writer ever
-    overwrites what another created. One of another identity is refused.
+    Writers of one table may start at once. Creating is refused when the table exists
+    already (then it is opened), but two writers that both found none both commit a
+    create, and Lance lands the later one as an overwrite on top of the earlier: should
+    another writer have published in between, its rows would be gone. So a create that
+    landed on an existing version puts back the rows of the version before it
+    (:func:`_undo_overwrite`). One of another identity is refused.
     """
     try:
-        table = db.create_table(name, schema=schema, exist_ok=True)
-    except Exception as exc:  # lost a race to create it: it exists now
+        table = db.create_table(name, schema=schema)
+    except Exception as exc:  # it exists (or a racing writer made it meanwhile)
         if not _table_exists(db, name):
             raise
-        log.info("table %r was created by another writer meanwhile (%s)", name, exc)
+        log.info("table %r exists already, made by another writer (%s)", name, exc)
         table = db.open_table(name)
+    else:
+        if table.version > 1:
+            _undo_overwrite(db, name, table)
     if _identity_of(table.schema) != _identity_of(schema):
         raise _shared_identity_error(name, table.schema, schema)
     return table
+
+
+def _undo_overwrite(db: Any, name: str, table: Any) -> None:
+    """Our create of table ``name`` landed as version N on a table another writer made
+    meanwhile: insert again every row of version N - 1 (rows of ours there are none)."""
+    before = db.open_table(name)
+    before.checkout(table.version - 1)
+    if before.count_rows() == 0:
+        log.info("table %r: our create raced another writer's, nothing was lost", name)
+        return
+    log.warning(
+        "table %r: our create landed on another writer's version %d; putting its %d rows back",
+        name,
+        table.version - 1,
+        before.count_rows(),
+    )
+
+    def put_back() -> None:
+        rows = before.search().limit(None).to_batches(8192)
+        reader = pa.RecordBatchReader.from_batches(before.schema, rows)
+        table.merge_insert("id").when_not_matched_insert_all().execute(reader)
+
+    retry_conflicts(put_back, "restore rows")
 
 
 def _shared_identity_error(name: str, have: pa.Schema, want: pa.Schema) -> ConfigError:
@@ -1555,8 +1612,12 @@ COMMIT_ATTEMPTS = 8
 
 def is_commit_conflict(exc: BaseException) -> bool:
     """Whether ``exc`` is Lance refusing a commit because another writer committed first
-    (retryable: the operation is done again on the new version)."""
+    (retryable: the operation is done again on the new version). That includes a commit
+    that another writer's overwrite made incompatible (a racing create, see
+    :func:`_create_shared`)."""
     text = f"{type(exc).__name__} {exc}".lower()
+    if "incompatible transaction" in text and "concurrent transaction" in text:
+        return True
     return "conflict" in text and ("commit" in text or "retryable" in text)
 
 

@@ -12,6 +12,7 @@ prints.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import subprocess
@@ -21,11 +22,12 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import lancedb
 import pytest
 from fakeapi import FakeBatchAPI
 from s3server import SECRET_KEY, S3Server
 
-from corpusbatch import Settings, index, open_table, pipeline, search_index
+from corpusbatch import Settings, index, loading, open_table, pipeline, search_index
 from corpusbatch.config import remembered, settings_from
 from corpusbatch.errors import ConfigError
 from corpusbatch.workspace import IndexPaths, is_local, table_uri
@@ -166,6 +168,79 @@ def test_a_local_db_path_holds_the_table_and_a_no_change_run_skips_lancedb(
     monkeypatch.setattr(pipeline, "_publish", lambda ctx: published.append(1) or real(ctx))
     again = index(root, settings, api_key=KEY)
     assert again.published and published == [], "a local table still skips the publish"
+
+
+# -- writers racing to create one shared table -----------------------------------------
+def ids_and_hashes(settings: Settings) -> set[tuple[str, str]]:
+    return {pair for rows in rows_by_source(settings).values() for pair in rows}
+
+
+def desired_ids_and_hashes(idx: Path) -> set[tuple[str, str]]:
+    return {pair for rows in desired(idx).values() for pair in rows}
+
+
+def test_a_publish_that_meets_a_racing_create_is_worked_out_again_and_lands_whole(
+    tmp_path: Path, api: FakeBatchAPI, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """Two writers that both found no table both create it; Lance lands the later create
+    as an overwrite, and the other's upsert, read before it, is refused ("incompatible
+    transaction"). The publish is redone on the newest version instead of failing."""
+    shared = str(tmp_path / "shared")
+    settings = settings_for(tmp_path / "idx", api, shared, namespace="alpha")
+    real, raced = loading._update, []
+
+    def update(table: Any, *args: Any, **kw: Any) -> Any:
+        if not raced:  # the other writer's create lands between our open and our commit
+            raced.append(table.version)
+            lancedb.connect(shared).create_table("chunks", schema=table.schema, mode="overwrite")
+        return real(table, *args, **kw)
+
+    monkeypatch.setattr(loading, "_update", update)
+    with caplog.at_level(logging.INFO, logger="corpusbatch"):
+        result = index(docs(tmp_path / "docs"), settings, api_key=KEY)
+    assert raced == [1], "the race happened on the table this writer created"
+    assert any("Incompatible transaction" in r.getMessage() for r in caplog.records)
+    assert result.published and result.new == len(desired_ids_and_hashes(tmp_path / "idx"))
+    assert ids_and_hashes(settings) == desired_ids_and_hashes(tmp_path / "idx")
+    assert all(s.startswith("alpha/") for s in rows_by_source(settings))
+
+
+def test_a_create_that_landed_on_another_writers_rows_puts_them_back(
+    tmp_path: Path, api: FakeBatchAPI, caplog: Any
+) -> None:
+    """The other order: alpha created the table and published before beta's create (which
+    found no table a moment earlier) landed as an empty overwrite. Beta puts alpha's rows
+    back, then publishes its own; alpha's next run finds its rows as it left them."""
+    shared = str(tmp_path / "shared")
+    alpha = settings_for(tmp_path / "idx-a", api, shared, namespace="alpha")
+    beta = settings_for(tmp_path / "idx-b", api, shared, namespace="beta")
+    index(docs(tmp_path / "docs-a"), alpha, api_key=KEY)
+    published = ids_and_hashes(alpha)
+    assert published == desired_ids_and_hashes(tmp_path / "idx-a")
+
+    db = lancedb.connect(shared)
+    late = db.create_table("chunks", schema=db.open_table("chunks").schema, mode="overwrite")
+    assert late.count_rows() == 0 and late.version > 1, "what Lance does with the late create"
+    with caplog.at_level(logging.WARNING, logger="corpusbatch"):
+        loading._undo_overwrite(db, "chunks", late)
+    assert ids_and_hashes(alpha) == published
+    assert any("putting its" in r.getMessage() for r in caplog.records)
+
+    # an overwrite of an empty version (both creates raced, nobody published): a no-op
+    empty = tmp_path / "empty"
+    first = lancedb.connect(empty).create_table("t", schema=late.schema)
+    second = lancedb.connect(empty).create_table("t", schema=late.schema, mode="overwrite")
+    loading._undo_overwrite(lancedb.connect(empty), "t", second)
+    assert (first.version, second.version, second.count_rows()) == (1, 2, 0)
+    assert lancedb.connect(empty).open_table("t").version == 2, "nothing committed"
+
+    docs(tmp_path / "docs-b", n=3)
+    index(tmp_path / "docs-b", beta, api_key=KEY)
+    want = desired_ids_and_hashes(tmp_path / "idx-a") | desired_ids_and_hashes(tmp_path / "idx-b")
+    assert ids_and_hashes(alpha) == want
+    again = index(tmp_path / "docs-a", alpha, api_key=KEY)
+    assert (again.new, again.changed, again.deleted) == (0, 0, 0)
+    assert ids_and_hashes(alpha) == want
 
 
 # -- on S3 -----------------------------------------------------------------------------
