@@ -200,6 +200,7 @@ class TreeSampler(threading.Thread):
         self.peak_sum = 0
         self.peak_procs = 1
         self.hwm: dict[int, int] = {}
+        self.main_rss: list[tuple[float, int]] = []  # (perf_counter, RSS of the CLI)
 
     def run(self) -> None:
         while not self.done.is_set():
@@ -209,9 +210,34 @@ class TreeSampler(threading.Thread):
                 st = _status(p)
                 total += st.get("VmRSS", 0)
                 self.hwm[p] = max(self.hwm.get(p, 0), st.get("VmHWM", 0))
+                if p == self.pid:
+                    self.main_rss.append((time.perf_counter(), st.get("VmRSS", 0)))
             if total > self.peak_sum:
                 self.peak_sum, self.peak_procs = total, len(pids)
             self.done.wait(self.interval)
+
+
+def rss_by_stage(
+    samples: list[tuple[float, int]], durations: dict[str, float], end: float
+) -> dict[str, float]:
+    """The CLI's largest sampled RSS (MB) within each stage. The stages ran one after the
+    other in the report's order and the report was printed at the end, so each one's
+    window is found by counting back from the process's end; what is before them is
+    start-up and imports, what is after them the final report ("finish")."""
+    stages: list[str] = [k for k in ("scan", "plan", "embed", "publish") if k in durations]
+    windows: list[tuple[str, float, float]] = []
+    stop = end - max(0.0, durations.get("total", 0.0) - sum(durations[k] for k in stages))
+    windows.append(("finish", stop, end))
+    for name in reversed(stages):
+        windows.append((name, stop - durations[name], stop))
+        stop -= durations[name]
+    windows.append(("startup", float("-inf"), stop))
+    out: dict[str, float] = {}
+    for name, lo, hi in reversed(windows):
+        inside = [rss for t, rss in samples if lo <= t < hi]
+        if inside:
+            out[name] = round(max(inside) / MB, 1)
+    return out
 
 
 class FakeServer:
@@ -483,6 +509,9 @@ def run_index(
         "peak_rss_mb": round(usage.ru_maxrss * 1024 / MB, 1),
         "peak_rss_tree_mb": round(sampler.peak_sum / MB, 1),
         "tree_processes_at_peak": sampler.peak_procs,
+        "peak_rss_mb_by_stage": rss_by_stage(
+            sampler.main_rss, report.get("durations", {}), t0 + wall
+        ),
         "report": {k: report.get(k) for k in REPORT_FIELDS},
         "index_mb": sizes,
         "table_mb": table,
@@ -548,6 +577,9 @@ def _describe(r: dict[str, Any]) -> str:
         f"[{r['run']}] wall {r['wall_s']:.1f} s ({stages}); cpu {r['cpu_s']:.0f} s; "
         f"peak RSS {r['peak_rss_mb']:.0f} MB (tree {r['peak_rss_tree_mb']:.0f} MB); "
         f"fake server {r['server']['rss_mb']:.0f} MB, cpu {r['server']['cpu_s']:.0f} s\n"
+        f"    peak RSS by stage (MB): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in r["peak_rss_mb_by_stage"].items())
+        + "\n"
         f"    chunks {rep['chunks']}, embedded {rep['embedded_vectors']}, "
         f"new {rep['new']} changed {rep['changed']} deleted {rep['deleted']}; "
         f"stderr {r['stderr_lines']} lines ({r['stderr_warn_lines']} WARN)\n"
