@@ -10,7 +10,9 @@ Two steps, so that a table reader never loses a row of a complete source:
    so paid work is on disk at once; loading the same file twice is harmless (vectors
    are keyed by content).
 2. :func:`publish` moves the table to the newest complete state *per source* with one
-   ``merge_insert`` commit and then one delete by id: a source is complete when each
+   ``merge_insert`` commit that also deletes stale rows by id (on tables of up to
+   ``ATOMIC_TABLE_ROWS`` rows; on larger ones a delete by id follows): a source is
+   complete when each
    of its desired rows has a vector or failed for good. Complete sources get exactly
    their desired rows (new and changed rows upserted, stale rows deleted); sources
    still in flight keep their last published rows untouched; rows of sources that are
@@ -1378,10 +1380,11 @@ def publish(
 
     A source is complete when each of its desired rows has a vector or failed for good
     (:meth:`RunStore.incomplete_sources`). Complete sources get exactly their desired
-    rows that have vectors: new and changed rows are upserted by one ``merge_insert``,
-    then stale rows are deleted by id (both sized to the change, never a whole-table
-    join; a reader between the two commits sees the new rows next to the stale ones,
-    never fewer rows). Sources still in flight keep their last published rows; rows of
+    rows that have vectors: new and changed rows are upserted and stale rows deleted by
+    id in one ``merge_insert`` commit, so a reader sees a publish whole or not at all
+    (up to ``ATOMIC_TABLE_ROWS`` rows and ``ATOMIC_DELETES`` deletes; past them the
+    deletes follow in commits of their own, sized to the change). Sources still in
+    flight keep their last published rows; rows of
     sources no longer desired are deleted. Nothing is written when nothing changed, and
     no table is created while no row can be published. If the table was built with
     another index identity (model, dimensions, prefix, chunker, layout; kept in the
@@ -1584,26 +1587,52 @@ def _update(
     result = PublishResult(
         inserted=new, updated=len(upsert) - new, deleted=len(delete), unchanged=unchanged
     )
+    if delete:
+        _save_vectors_of_deleted(store, table, current, delete)
+    ordered = sorted(delete)
     if upsert:
         stage_ids(store, upsert)
         batches = iter_row_batches(store, schema, model, finder, staged_only=True, on_rows=on_rows)
         reader = _nonempty(batches, schema)
         if reader is not None:
-            merge = table.merge_insert("id").when_matched_update_all()
-            merge.when_not_matched_insert_all().execute(reader)
+            together = ordered if _atomic(table, len(ordered)) else []
+            _upsert(table, reader, together)
+            ordered = ordered[len(together) :]
         # rows left out had lost their vector: mostly rows deleted from the table outside
         # corpusbatch (which took their vectors along), so they count as not inserted
         lost = min(finder.skipped_rows, result.inserted)
         result.inserted -= lost
         result.updated -= finder.skipped_rows - lost
-    if delete:
-        _save_vectors_of_deleted(store, table, current, delete)
-        ordered = sorted(delete)
-        for i in range(0, len(ordered), LOOKUP_CHUNK):
-            part = ordered[i : i + LOOKUP_CHUNK]
-            retry_conflicts(functools.partial(table.delete, sql_in("id", part)), "delete")
+    for i in range(0, len(ordered), LOOKUP_CHUNK):
+        part = ordered[i : i + LOOKUP_CHUNK]
+        retry_conflicts(functools.partial(table.delete, sql_in("id", part)), "delete")
     result.version = table.version
     return result
+
+
+#: Stale rows are deleted in the upsert's own commit, so that a reader sees a publish
+#: whole or not at all, on tables of up to ``ATOMIC_TABLE_ROWS`` rows and for up to
+#: ``ATOMIC_DELETES`` stale rows. Lance finds the rows to delete by joining the whole
+#: table against the upsert (``when_not_matched_by_source_delete``), which reads every
+#: row: measured 0.14 s and +130 MB of RSS at 100k rows, 0.7 s and +1.2 GB at 1M. Past
+#: either bound the deletes follow in commits of their own, sized to the change (a reader
+#: in between sees the new rows next to the stale ones, never fewer rows).
+ATOMIC_TABLE_ROWS = 200_000
+ATOMIC_DELETES = 4096
+
+
+def _atomic(table: Any, deletes: int) -> bool:
+    """Whether ``deletes`` stale rows go in the upsert's commit (see ``ATOMIC_DELETES``)."""
+    return 0 < deletes <= ATOMIC_DELETES and table.count_rows() <= ATOMIC_TABLE_ROWS
+
+
+def _upsert(table: Any, reader: pa.RecordBatchReader, delete: list[str]) -> None:
+    """One commit: insert or replace the rows of ``reader`` by id, and delete the rows
+    whose ids are in ``delete``."""
+    merge = table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
+    if delete:
+        merge = merge.when_not_matched_by_source_delete(sql_in("id", delete))
+    merge.execute(reader)
 
 
 #: Attempts of a table commit that another writer's commit conflicted with.

@@ -114,7 +114,7 @@ def test_incomplete_source_keeps_its_published_rows_while_others_update(
     rows = table_rows(db)
     assert texts_of(rows["a.md"]) == [("a1", 1), ("a3", 5)]
     assert texts_of(rows["b.md"]) == [("b2", 1)]
-    assert third.version == second.version + 2  # the upsert, then the delete of stale ids
+    assert third.version == second.version + 1  # one commit: upsert and stale ids deleted
 
 
 def test_deleted_source_goes_while_another_is_incomplete(store: RunStore, db: Any) -> None:
