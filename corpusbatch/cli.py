@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import click
 
+from . import memory
 from .config import PROFILES, Settings, settings_from
 from .errors import ConfigError, CorpusbatchError, redact, redact_exception
 from .sources import shown
@@ -359,6 +360,7 @@ def main(ctx: click.Context, debug: bool, verbose: int) -> None:
     """
     ctx.obj = {"debug": debug, "verbose": verbose}
     _quiet_lance(verbose)
+    memory.limit_arenas()  # before LanceDB starts its threads
 
 
 def _quiet_lance(verbose: int) -> None:

@@ -26,6 +26,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+from . import memory
 from .chunking import Chunker, ChunkerConfig
 from .config import Limits, ModelFacts, Settings, planning_limits, remembered
 from .errors import (
@@ -1051,6 +1052,7 @@ def _execute(ctx: _Context, api_key: str | None, wait: bool) -> None:
 # -- stage 4: publish ------------------------------------------------------------------
 def _publish(ctx: _Context) -> PublishResult:
     ctx.store.staging.maintain()  # a key index and few fragments make its lookups cheap
+    memory.release()  # (what compacting staging freed: the table write needs room)
     db = connect(ctx.settings)
     schema = table_schema(ctx.identity, ctx.table_meta())
     ctx.progress.start("loading", total=ctx.store.count("desired"), unit="row")
@@ -1064,6 +1066,7 @@ def _publish(ctx: _Context) -> PublishResult:
         namespace=_source_prefix(ctx.store),
     )
     ctx.progress.finish()
+    memory.release()  # (the write's buffers: building indexes needs room)
     if result.inserted or result.updated or result.deleted:
         table = db.open_table(ctx.settings.table)
         try:
