@@ -38,6 +38,7 @@ def test_arenas_are_limited_unless_the_user_set_them() -> None:
 
 def test_the_cli_limits_arenas_before_any_command_runs() -> None:
     code = """
+        import os
         from corpusbatch import memory
         calls = []
         memory.limit_arenas = lambda *a: calls.append(a) or True
@@ -46,9 +47,11 @@ def test_the_cli_limits_arenas_before_any_command_runs() -> None:
             main(["status", "--help"])
         except SystemExit:
             pass
-        print(len(calls))
+        print(len(calls), os.environ.get("LANCE_DEFAULT_IO_BUFFER_SIZE"))
     """
-    assert run(code).splitlines()[-1] == "1"
+    assert run(code).splitlines()[-1] == f"1 {memory.READ_BUFFER_BYTES}"
+    mine = run(code, LANCE_DEFAULT_IO_BUFFER_SIZE="1000").splitlines()[-1]
+    assert mine == "1 1000", "the environment's choice wins"
 
 
 def rss_mb() -> float:
