@@ -54,7 +54,6 @@ class Row(NamedTuple):
 def table_rows(settings: Settings) -> list[Row]:
     """Every row of the published table (``[]`` when there is no table yet)."""
     import lancedb
-    import numpy as np
 
     path = Path(settings.index_dir) / "lancedb"
     if not path.exists():
@@ -63,11 +62,59 @@ def table_rows(settings: Settings) -> list[Row]:
         table = lancedb.connect(str(path)).open_table(settings.table)
     except (FileNotFoundError, ValueError):
         return []
+    return _rows_of(table)
+
+
+def _rows_of(table: Any) -> list[Row]:
+    import numpy as np
+
     out = []
     for r in table.to_arrow().to_pylist():
         vec = np.asarray(r["vector"], dtype="<f4").tobytes()
         out.append(Row(r["id"], r["source"], r["start_line"], r["end_line"], r["text"], vec))
     return sorted(out)
+
+
+def table_version(settings: Settings) -> int | None:
+    """The published table's newest version (None when there is no table)."""
+    import lancedb
+
+    path = Path(settings.index_dir) / "lancedb"
+    if not path.exists():
+        return None
+    try:
+        return int(lancedb.connect(str(path)).open_table(settings.table).version)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def half_published_problems(settings: Settings, since: int | None, before: list[Row]) -> list[str]:
+    """Every version committed after ``since`` shows each source as it was (``before``)
+    or as it is now, never a mix: a publish is one commit (``loading.ATOMIC_DELETES``
+    and ``ATOMIC_TABLE_ROWS`` are far above what the tests write)."""
+    import lancedb
+
+    latest = table_version(settings)
+    if since is None or latest is None or latest <= since:
+        return []
+    table = lancedb.connect(str(Path(settings.index_dir) / "lancedb")).open_table(settings.table)
+    now = _row_sets(table_rows(settings))
+    was = _row_sets(before)
+    kept = {int(v["version"]) for v in table.list_versions()}
+    out = []
+    for version in range(since + 1, latest):
+        if version not in kept:
+            continue
+        table.checkout(version)
+        seen = _row_sets(_rows_of(table))
+        for source in sorted(set(seen) | set(was) | set(now)):
+            got = seen.get(source, frozenset())
+            if got not in (was.get(source, frozenset()), now.get(source, frozenset())):
+                out.append(
+                    f"version {version} shows {source} half-published: {len(got)} rows, "
+                    f"{len(was.get(source, ()))} before and {len(now.get(source, ()))} after"
+                )
+    return out
 
 
 def stored_keys(settings: Settings) -> set[str]:
@@ -156,6 +203,10 @@ class CleanBuilder:
 def _rejected(api: FakeBatchAPI, identity: EmbeddingIdentity, chunk_text: str) -> bool:
     k = (identity.model, identity.dimensions, identity.embed_text(chunk_text))
     return api.rejected[k] > 0
+
+
+def _row_sets(rows: Iterable[Row]) -> dict[str, frozenset[Row]]:
+    return {k: frozenset(v) for k, v in _by_source(rows).items()}
 
 
 def _by_source(rows: Iterable[Row]) -> dict[str, list[Row]]:

@@ -55,10 +55,12 @@ from invariants import (
     CleanBuilder,
     Row,
     billing_problems,
+    half_published_problems,
     lost_problems,
     read_files,
     table_problems,
     table_rows,
+    table_version,
     unreadable_sources,
 )
 
@@ -743,6 +745,7 @@ class Walk:
         op, fault = self.extend(op, fault, notes, same_ident=ident == self.ident)
         self.steps.append(f"night {self.night}: " + "; ".join(notes or ["no change"]))
         t0 = time.monotonic()
+        since = table_version(self.settings())
         try:
             match op:
                 case "index":
@@ -763,6 +766,10 @@ class Walk:
                     self.cli_bad_key()
         finally:
             self.disarm()
+            if op != "verify":  # (verify's damage step deletes rows by hand first)
+                half = half_published_problems(self.settings(), since, self.previous)
+                if half:
+                    self.find("a reader could see a half-published state:\n" + "\n".join(half))
             self.previous = table_rows(self.settings())
             if rng.random() < 0.8:
                 self.api.advance_all()  # overnight the provider finishes (and bills)
