@@ -234,7 +234,7 @@ def rss_by_stage(
     windows.append(("startup", float("-inf"), stop))
     out: dict[str, float] = {}
     for name, lo, hi in reversed(windows):
-        inside = [rss for t, rss in samples if lo <= t < hi]
+        inside = [rss for t, rss in samples if lo <= t < hi and rss > 0]
         if inside:
             out[name] = round(max(inside) / MB, 1)
     return out
