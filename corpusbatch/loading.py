@@ -11,7 +11,7 @@ Two steps, so that a table reader never loses a row of a complete source:
    are keyed by content).
 2. :func:`publish` moves the table to the newest complete state *per source* with one
    ``merge_insert`` commit that also deletes stale rows by id (on tables of up to
-   ``ATOMIC_TABLE_ROWS`` rows; on larger ones a delete by id follows): a source is
+   ``ATOMIC_TABLE_BYTES``; on larger ones a delete by id follows): a source is
    complete when each
    of its desired rows has a vector or failed for good. Complete sources get exactly
    their desired rows (new and changed rows upserted, stale rows deleted); sources
@@ -1382,8 +1382,8 @@ def publish(
     (:meth:`RunStore.incomplete_sources`). Complete sources get exactly their desired
     rows that have vectors: new and changed rows are upserted and stale rows deleted by
     id in one ``merge_insert`` commit, so a reader sees a publish whole or not at all
-    (up to ``ATOMIC_TABLE_ROWS`` rows and ``ATOMIC_DELETES`` deletes; past them the
-    deletes follow in commits of their own, sized to the change). Sources still in
+    (up to ``ATOMIC_TABLE_BYTES`` of table and ``ATOMIC_DELETES`` deletes; past them
+    the deletes follow in commits of their own, sized to the change). Sources still in
     flight keep their last published rows; rows of
     sources no longer desired are deleted. Nothing is written when nothing changed, and
     no table is created while no row can be published. If the table was built with
@@ -1611,19 +1611,26 @@ def _update(
 
 
 #: Stale rows are deleted in the upsert's own commit, so that a reader sees a publish
-#: whole or not at all, on tables of up to ``ATOMIC_TABLE_ROWS`` rows and for up to
+#: whole or not at all, while the table holds up to ``ATOMIC_TABLE_BYTES`` (estimated:
+#: rows x (4 bytes a dimension + ``ROW_OVERHEAD_BYTES``)) and for up to
 #: ``ATOMIC_DELETES`` stale rows. Lance finds the rows to delete by joining the whole
-#: table against the upsert (``when_not_matched_by_source_delete``), which reads every
-#: row: measured 0.14 s and +130 MB of RSS at 100k rows, 0.7 s and +1.2 GB at 1M. Past
-#: either bound the deletes follow in commits of their own, sized to the change (a reader
-#: in between sees the new rows next to the stale ones, never fewer rows).
-ATOMIC_TABLE_ROWS = 200_000
+#: table against the upsert (``when_not_matched_by_source_delete``), reading every row:
+#: at 256 dimensions measured 0.14 s and +130 MB of RSS at 100k rows, 0.7 s and +1.2 GB
+#: at 1M, and at 1,536 dimensions +800 MB at 100k. Past either bound the deletes follow
+#: in commits of their own, sized to the change (a reader in between sees the new rows
+#: next to the stale ones, never fewer rows).
+ATOMIC_TABLE_BYTES = 256 << 20
+ROW_OVERHEAD_BYTES = 1500  # a chunk's text and metadata, on average (256-token chunks)
 ATOMIC_DELETES = 4096
 
 
 def _atomic(table: Any, deletes: int) -> bool:
     """Whether ``deletes`` stale rows go in the upsert's commit (see ``ATOMIC_DELETES``)."""
-    return 0 < deletes <= ATOMIC_DELETES and table.count_rows() <= ATOMIC_TABLE_ROWS
+    if not 0 < deletes <= ATOMIC_DELETES:
+        return False
+    vector = table.schema.field("vector").type
+    dims = getattr(vector, "list_size", 0) or 0
+    return int(table.count_rows()) * (4 * dims + ROW_OVERHEAD_BYTES) <= ATOMIC_TABLE_BYTES
 
 
 def _upsert(table: Any, reader: pa.RecordBatchReader, delete: list[str]) -> None:

@@ -91,7 +91,7 @@ def table_version(settings: Settings) -> int | None:
 def half_published_problems(settings: Settings, since: int | None, before: list[Row]) -> list[str]:
     """Every version committed after ``since`` shows each source as it was (``before``)
     or as it is now, never a mix: a publish is one commit (``loading.ATOMIC_DELETES``
-    and ``ATOMIC_TABLE_ROWS`` are far above what the tests write)."""
+    and ``ATOMIC_TABLE_BYTES`` are far above what the tests write)."""
     import lancedb
 
     latest = table_version(settings)

@@ -195,12 +195,12 @@ def test_publish_creates_updates_deletes_and_skips_no_change(
     assert all(len(r["vector"]) == DIM for r in rows)
 
 
-@pytest.mark.parametrize("bound", ["ATOMIC_DELETES", "ATOMIC_TABLE_ROWS"])
+@pytest.mark.parametrize("bound", ["ATOMIC_DELETES", "ATOMIC_TABLE_BYTES"])
 def test_past_the_atomic_bounds_the_deletes_land_in_later_commits(
     store: RunStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bound: str
 ) -> None:
     """More stale ids than ``ATOMIC_DELETES``, or a table larger than
-    ``ATOMIC_TABLE_ROWS``: the upsert commits first, the deletes after it (a reader in
+    ``ATOMIC_TABLE_BYTES``: the upsert commits first, the deletes after it (a reader in
     between sees new rows next to stale ones, never fewer)."""
     db = lancedb.connect(str(tmp_path / "db"))
     schema = table_schema(IDENT, {"model": "m"})
