@@ -12,11 +12,10 @@ Two steps, so that a table reader never loses a row of a complete source:
 2. :func:`publish` moves the table to the newest complete state *per source* with one
    ``merge_insert`` commit that also deletes stale rows by id (on tables of up to
    ``ATOMIC_TABLE_BYTES``; on larger ones a delete by id follows): a source is
-   complete when each
-   of its desired rows has a vector or failed for good. Complete sources get exactly
-   their desired rows (new and changed rows upserted, stale rows deleted); sources
-   still in flight keep their last published rows untouched; rows of sources that are
-   gone are deleted. Unchanged rows are not rewritten; a run that changes nothing
+   complete when each of its desired rows has a vector or failed for good. Complete
+   sources get exactly their desired rows (new and changed rows upserted, stale rows
+   deleted); sources still in flight keep their last published rows untouched; rows of
+   sources that are gone are deleted. Unchanged rows are not rewritten; a run that changes nothing
    writes nothing. Published vectors leave staging: each vector is stored once.
 
 The run store also holds the *desired* rows of the current run (what the sources say
@@ -1384,8 +1383,8 @@ def publish(
     id in one ``merge_insert`` commit, so a reader sees a publish whole or not at all
     (up to ``ATOMIC_TABLE_BYTES`` of table and ``ATOMIC_DELETES`` deletes; past them
     the deletes follow in commits of their own, sized to the change). Sources still in
-    flight keep their last published rows; rows of
-    sources no longer desired are deleted. Nothing is written when nothing changed, and
+    flight keep their last published rows; rows of sources no longer desired are
+    deleted. Nothing is written when nothing changed, and
     no table is created while no row can be published. If the table was built with
     another index identity (model, dimensions, prefix, chunker, layout; kept in the
     schema metadata) it is replaced whole by one overwrite commit once every source is
@@ -1463,17 +1462,14 @@ def _update_shared(
     when another writer's commit made ours impossible (Lance gives up on an upsert that
     meets a concurrent overwrite, see :func:`_create_shared`; redoing it is safe, since
     rows are keyed by id and what differs is worked out again)."""
-    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+
+    def attempt() -> tuple[PublishResult, VectorFinder]:
         table = db.open_table(table_name)
         finder = VectorFinder(store, table)
-        try:
-            return update(table, finder), finder
-        except Exception as exc:
-            if attempt == COMMIT_ATTEMPTS or not is_commit_conflict(exc):
-                raise
-            log.info("publish: commit conflict with another writer, attempt %d: %s", attempt, exc)
-            time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
-    raise AssertionError("unreachable")
+        return update(table, finder), finder
+
+    result: tuple[PublishResult, VectorFinder] = retry_conflicts(attempt, "publish")
+    return result
 
 
 def _create_shared(db: Any, name: str, schema: pa.Schema) -> Any:
@@ -1506,14 +1502,14 @@ def _undo_overwrite(db: Any, name: str, table: Any) -> None:
     meanwhile: insert again every row of version N - 1 (rows of ours there are none)."""
     before = db.open_table(name)
     before.checkout(table.version - 1)
-    if before.count_rows() == 0:
+    if not (lost := before.count_rows()):
         log.info("table %r: our create raced another writer's, nothing was lost", name)
         return
     log.warning(
         "table %r: our create landed on another writer's version %d; putting its %d rows back",
         name,
         table.version - 1,
-        before.count_rows(),
+        lost,
     )
 
     def put_back() -> None:
