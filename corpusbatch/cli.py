@@ -361,7 +361,6 @@ def main(ctx: click.Context, debug: bool, verbose: int) -> None:
     ctx.obj = {"debug": debug, "verbose": verbose}
     _quiet_lance(verbose)
     memory.limit_arenas()  # before LanceDB starts its threads
-    memory.bound_read_buffers()
 
 
 def _quiet_lance(verbose: int) -> None:
