@@ -68,7 +68,7 @@ import numpy as np
 import pyarrow as pa
 
 from .errors import ConfigError, LoadError, redact
-from .staging import LOOKUP_CHUNK, Staging, lookup, quoted_in
+from .staging import LOOKUP_CHUNK, KeySet, Staging, lookup, quoted_in
 from .staging import vector_bytes as staging_bytes
 from .types import Chunk, EmbeddingIdentity, content_hash, row_id, vector_key
 
@@ -1145,14 +1145,14 @@ def _stage_sources(store: RunStore, name: str, sources: Collection[str]) -> None
 class VectorFinder:
     """Finds the vector of each key: in staging, else in the published table.
 
-    Remembers which keys came from staging (deleted there once the publish has
-    committed, as the table holds them then) and which were found nowhere.
+    Records in ``store.db`` (its ``unstage`` table) which keys came from staging: they
+    are deleted there once the publish has committed, as the table holds them then (a
+    million keys are not held in memory). Remembers which keys were found nowhere.
     """
 
     def __init__(self, store: RunStore, table: Any | None) -> None:
         self.store = store
         self.table = table  # the published table, if it has this identity and a key column
-        self.from_staging: set[str] = set()
         self.missing: set[str] = set()
         self.skipped_rows = 0  # rows left out because their vector is nowhere
         self.needs_text: set[str] = set()  # sources of rows whose text was dropped
@@ -1168,14 +1168,34 @@ class VectorFinder:
         return got
 
     def note_staged(self, keys: Iterable[str]) -> None:
-        """Keys about to be published from staging (deleted there after the commit)."""
-        fresh = [k for k in keys if k not in self.from_staging]
-        if fresh:  # for finish_unstaging, should the publish be killed after its commit
-            with self.store.transaction() as db:  # (one commit, not one per key)
-                db.executemany(
-                    "INSERT OR IGNORE INTO unstage (key) VALUES (?)", ((k,) for k in fresh)
-                )
-        self.from_staging.update(fresh)
+        """Keys about to be published from staging (deleted there after the commit;
+        :func:`finish_unstaging` if the publish is killed after its commit)."""
+        with self.store.transaction() as db:  # (one commit, not one per key)
+            db.executemany("INSERT OR IGNORE INTO unstage (key) VALUES (?)", ((k,) for k in keys))
+
+
+class _Unstage(KeySet):
+    """The keys of ``store.db``'s ``unstage`` table, as a :class:`KeySet`."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __len__(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM unstage").fetchone()[0])
+
+    def chunks(self, size: int) -> Iterator[list[str]]:
+        cur = self.db.execute("SELECT key FROM unstage ORDER BY key")
+        while rows := cur.fetchmany(size):
+            yield [k for (k,) in rows]
+
+    def among(self, keys: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for i in range(0, len(keys), LOOKUP_CHUNK):
+            part = keys[i : i + LOOKUP_CHUNK]
+            marks = ",".join("?" * len(part))
+            sql = f"SELECT key FROM unstage WHERE key IN ({marks})"
+            found.update(k for (k,) in self.db.execute(sql, part))
+        return found
 
 
 def iter_staged_rows(
@@ -1431,7 +1451,7 @@ def publish(
             result.published_sources = sorted(only)
     result.incomplete_sources = incomplete
     if result.version is not None and not result.deferred_rebuild:
-        _unstage(store, finder)
+        _unstage(store)
         store.drop_texts(result.published_sources, keep=incomplete)
     if finder.needs_text:
         log.warning(
@@ -1465,6 +1485,7 @@ def _update_shared(
 
     def attempt() -> tuple[PublishResult, VectorFinder]:
         table = db.open_table(table_name)
+        finish_unstaging(store, table)  # (keys noted by an attempt that gave way)
         finder = VectorFinder(store, table)
         return update(table, finder), finder
 
@@ -1542,9 +1563,9 @@ def _shared_identity_error(name: str, have: pa.Schema, want: pa.Schema) -> Confi
     )
 
 
-def _unstage(store: RunStore, finder: VectorFinder) -> None:
+def _unstage(store: RunStore) -> None:
     """The table holds what came from staging now: delete it there."""
-    store.staging.delete(finder.from_staging)
+    store.staging.delete(_Unstage(store.db))
     store.db.execute("DELETE FROM unstage")
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -71,6 +72,40 @@ def vector_bytes(column: pa.ChunkedArray) -> list[bytes]:
     return out
 
 
+class KeySet(ABC):
+    """A set of keys to delete from staging, read in sorted chunks and tested a batch
+    at a time, so that a million of them need not be in memory at once."""
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def chunks(self, size: int) -> Iterator[list[str]]:
+        """Every key once, in sorted order, ``size`` at a time."""
+
+    @abstractmethod
+    def among(self, keys: Sequence[str]) -> set[str]:
+        """Those of ``keys`` that are in the set."""
+
+
+class KeyList(KeySet):
+    """A :class:`KeySet` held in memory."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self._keys = set(keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def chunks(self, size: int) -> Iterator[list[str]]:
+        ordered = sorted(self._keys)
+        for i in range(0, len(ordered), size):
+            yield ordered[i : i + size]
+
+    def among(self, keys: Sequence[str]) -> set[str]:
+        return self._keys.intersection(keys)
+
+
 class Staging:
     """The staging table of one index directory (opened lazily)."""
 
@@ -111,28 +146,31 @@ class Staging:
             return {}
         return lookup(table, keys)
 
-    def delete(self, keys: Collection[str]) -> None:
-        """Remove every copy of ``keys``."""
+    def delete(self, keys: Collection[str] | KeySet) -> None:
+        """Remove every copy of ``keys`` (a collection, or a :class:`KeySet` too large
+        to hold in memory)."""
         table = self._open(create=False)
-        if table is None or not keys:
+        gone = keys if isinstance(keys, KeySet) else KeyList(keys)
+        if table is None or not len(gone):
             return
-        ordered = sorted(keys)
         total = self.count()
-        if 2 * len(ordered) >= total and total - len(ordered) <= REWRITE_MAX_KEEP:
-            self._rewrite_without(set(ordered))
+        if 2 * len(gone) >= total and total - len(gone) <= REWRITE_MAX_KEEP:
+            self._rewrite_without(gone)
             return
-        for i in range(0, len(ordered), LOOKUP_CHUNK):
-            table.delete(quoted_in("key", ordered[i : i + LOOKUP_CHUNK]))
+        for part in gone.chunks(LOOKUP_CHUNK):
+            table.delete(quoted_in("key", part))
 
-    def _rewrite_without(self, gone: set[str]) -> None:
+    def _rewrite_without(self, gone: KeySet) -> None:
         """Delete most rows in one commit: everything if nothing else is staged, else all
         but the few keys that stay (never a read of the vectors into memory)."""
-        kept = sorted({k for keys in self.key_batches() for k in keys if k not in gone})
+        kept: set[str] = set()
+        for keys in self.key_batches():
+            kept.update(set(keys) - gone.among(keys))
         if not kept:
             self.clear()
             return
         table = self._open(create=False)
-        table.delete(f"NOT ({quoted_in('key', kept)})")
+        table.delete(f"NOT ({quoted_in('key', sorted(kept))})")
 
     def clear(self) -> None:
         """Remove every row (cheaper than deleting them one key at a time)."""
