@@ -63,6 +63,11 @@ from .workspace import IndexPaths, connect, index_lock, is_local, table_uri
 log = logging.getLogger(__name__)
 
 VECTOR_INDEX_MIN_ROWS = 50_000
+# MiB the full-text index build may hold before it writes a partition out. LanceDB's
+# default let the build of a 1M-row table peak 483 MB above its start, 64 MiB 334 MB
+# (with the 64 MiB read-ahead of corpusbatch.memory), in the same time; the index is
+# 9% larger and its queries score the same (docs/benchmarks/scale.md).
+FTS_BUILD_MIB = 64
 # optimize() once this many rows were written, or publishes made, since the last time
 OPTIMIZE_ROWS = 100_000
 OPTIMIZE_COMMITS = 20
@@ -1067,6 +1072,7 @@ def _publish(ctx: _Context) -> PublishResult:
     )
     ctx.progress.finish()
     memory.release()  # (the write's buffers: building indexes needs room)
+    log.debug("published (RSS %s MB)", memory.rss_mb())
     if result.inserted or result.updated or result.deleted:
         table = db.open_table(ctx.settings.table)
         try:
@@ -1110,6 +1116,13 @@ def _table_exists(ctx: _Context) -> bool:
     return True
 
 
+def _built(what: str) -> None:
+    """After an index build (or compaction): hand its buffers back before the next one
+    starts."""
+    memory.release()
+    log.debug("built the %s (RSS %s MB)", what, memory.rss_mb())
+
+
 def _maintain(table: Any, store: RunStore, changed: int) -> None:
     """Indexes and compaction after a change, so reads stay fast and versions few.
 
@@ -1126,10 +1139,12 @@ def _maintain(table: Any, store: RunStore, changed: int) -> None:
 
     indexed = {tuple(i.columns) for i in table.list_indices()}
     if ("text",) not in indexed:
-        table.create_index("text", config=FTS())
+        table.create_index("text", config=FTS(memory_limit=FTS_BUILD_MIB))
+        _built("full-text index")
     for column in ("id", "source", "key"):  # nightly publishes look rows up by these
         if (column,) not in indexed:
             table.create_index(column, config=BTree())
+            _built(f"{column} index")
     rows = table.count_rows()
     trained = int(store.get_meta("vector_index_rows") or 0)
     has_index = ("vector",) in indexed
@@ -1137,6 +1152,7 @@ def _maintain(table: Any, store: RunStore, changed: int) -> None:
         if has_index:
             log.info("the table doubled since its vector index was trained: training again")
         table.create_index("vector", config=IvfRq(distance_type="cosine"), replace=True)
+        _built("vector index")
         trained = rows
     elif has_index and not trained:  # an index from before the rule: count from here
         trained = rows
@@ -1146,6 +1162,7 @@ def _maintain(table: Any, store: RunStore, changed: int) -> None:
     optimize = built or rows_due >= OPTIMIZE_ROWS or commits_due >= OPTIMIZE_COMMITS
     if optimize:
         table.optimize(cleanup_older_than=timedelta(days=1))
+        _built("compaction")
         rows_due = commits_due = 0
     with store.transaction():
         if trained:
