@@ -361,6 +361,7 @@ def main(ctx: click.Context, debug: bool, verbose: int) -> None:
     ctx.obj = {"debug": debug, "verbose": verbose}
     _quiet_lance(verbose)
     memory.limit_arenas()  # before LanceDB starts its threads
+    memory.bound_read_buffers()  # before LanceDB first reads
 
 
 def _quiet_lance(verbose: int) -> None:

@@ -33,10 +33,11 @@ def test_arenas_are_limited_unless_the_user_set_them() -> None:
     assert run(code, MALLOC_ARENA_MAX="4") == "False", "the environment's choice wins"
 
 
-def test_the_cli_limits_arenas_before_any_command_runs() -> None:
+def test_the_cli_limits_arenas_and_read_ahead_before_any_command_runs() -> None:
     code = """
         import os
         from corpusbatch import memory
+        os.environ.pop("LANCE_DEFAULT_IO_BUFFER_SIZE", None)
         calls = []
         memory.limit_arenas = lambda *a: calls.append(a) or True
         from corpusbatch.cli import main
@@ -46,7 +47,25 @@ def test_the_cli_limits_arenas_before_any_command_runs() -> None:
             pass
         print(len(calls), os.environ.get("LANCE_DEFAULT_IO_BUFFER_SIZE"))
     """
-    assert run(code).splitlines()[-1] == "1 None", "Lance's read-ahead is left as it is"
+    assert run(code).splitlines()[-1] == f"1 {64 << 20}"
+
+
+def test_the_read_ahead_cap_leaves_the_users_choice() -> None:
+    code = """
+        import os
+        from corpusbatch import memory
+        memory.bound_read_buffers()
+        print(os.environ["LANCE_DEFAULT_IO_BUFFER_SIZE"])
+    """
+    assert run(code, LANCE_DEFAULT_IO_BUFFER_SIZE="1048576") == "1048576"
+    assert run(code) == str(64 << 20)
+
+
+def test_rss_is_read_from_proc() -> None:
+    from corpusbatch import memory
+
+    got = memory.rss_mb()
+    assert got is not None and 10 < got < 100_000
 
 
 def test_release_hands_freed_heap_back() -> None:

@@ -197,22 +197,27 @@ def test_indexes_are_built_and_hybrid_search_works(
     indices = {tuple(i.columns): i.index_type for i in open_table(settings).list_indices()}
     assert indices[("text",)] == "FTS"
     assert indices[("vector",)] == "IvfRq"
-    # with the ANN index, vector search still returns the exact nearest rows (refine);
-    # rows of equal distance (the same text in two files) may come in either order
-    query = "How hot should the water be?"
-    exact = (
-        open_table(settings)
-        .search(fake_vector(query, 64))
-        .distance_type("cosine")
-        .bypass_vector_index()
-        .limit(50)
-        .to_arrow()
-    )
-    distance = dict(zip(exact["id"].to_pylist(), exact["_distance"].to_pylist(), strict=True))
-    hits = search_index(query, settings, k=5, mode="vector", api_key="k")
-    assert all(h.id in distance for h in hits), "every hit is among the exact nearest"
-    got = [distance[h.id] for h in hits]
-    assert got == pytest.approx(exact["_distance"].to_pylist()[:5], abs=1e-6)
+    # with the ANN index (1-bit RaBitQ on random vectors: the hardest case), re-ranking
+    # by exact distance (refine) finds nearly all the exact top 5; which rare row is
+    # missed depends on the index's random training, so recall is measured over many
+    # queries. Rows of equal distance (the same text in two files) count as either.
+    table = open_table(settings)
+    recall = []
+    for i in range(40):
+        query = f"How hot should the water be for cup {i}?"
+        exact = (
+            table.search(fake_vector(query, 64))
+            .distance_type("cosine")
+            .bypass_vector_index()
+            .limit(report.chunks)
+            .to_arrow()
+        )
+        distance = dict(zip(exact["id"].to_pylist(), exact["_distance"].to_pylist(), strict=True))
+        fifth = exact["_distance"].to_pylist()[4]
+        hits = search_index(query, settings, k=5, mode="vector", api_key="k")
+        assert len(hits) == 5
+        recall.append(sum(distance[h.id] <= fifth + 1e-6 for h in hits) / 5)
+    assert sum(recall) / len(recall) >= 0.9, recall  # measured 0.977-0.990 over builds
     hits = search_index("descaling vinegar", settings, k=3, mode="hybrid", api_key="k")
     fts = search_index("descaling vinegar", settings, k=3, mode="fts", api_key="k")
     assert len(hits) == 3 and fts and "descal" in fts[0].text.lower()
