@@ -447,6 +447,7 @@ def run_index(
         sys.executable,
         "-m",
         "corpusbatch",
+        *["-v"] * args.cli_verbose,
         "index",
         str(corpus),
         "--index-dir",
@@ -674,6 +675,13 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, action="append", help="Markdown corpus dir")
     parser.add_argument("--at", metavar="REV", help="measure this commit's corpusbatch/")
     parser.add_argument("--sample", type=float, default=0.1, help="RSS sampling interval (s)")
+    parser.add_argument(
+        "--cli-verbose",
+        type=int,
+        default=0,
+        metavar="N",
+        help="pass -v N times to the CLI (2: its RSS after each publish step, in NAME.stderr)",
+    )
     parser.add_argument(
         "--db", choices=("local", "s3"), default="local", help="the table on disk or on S3"
     )
