@@ -120,12 +120,13 @@ class _RedactingFormatter(logging.Formatter):
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
-    """Plain timestamped INFO lines off a terminal; on one, bars plus warnings (-v: INFO)."""
+    """Plain timestamped INFO lines off a terminal; on one, bars plus warnings (-v: INFO).
+    ``quiet`` (--quiet, --json) keeps warnings only, unless -vv asks for debug lines."""
     tty = sys.stderr.isatty()
-    if quiet:
-        level = logging.WARNING
-    elif verbose > 1:
+    if verbose > 1:
         level = logging.DEBUG
+    elif quiet:
+        level = logging.WARNING
     elif tty and not verbose:
         level = logging.WARNING  # the bars and the final report tell the rest
     else:

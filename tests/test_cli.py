@@ -96,6 +96,21 @@ def test_non_tty_progress_is_plain_timestamped_lines(runner: CliRunner, docs: Pa
     assert "\r" not in result.stderr  # no progress-bar redraws
 
 
+@pytest.mark.slow
+def test_json_keeps_stderr_to_warnings_unless_vv_asks_for_debug(
+    runner: CliRunner, docs: Path
+) -> None:
+    quiet = runner.invoke(main, ["index", str(docs), "--json"])
+    assert quiet.exit_code == 0, quiet.output
+    assert json.loads(quiet.stdout)["published"]
+    assert not re.search(r" (INFO|DEBUG) ", quiet.stderr), quiet.stderr
+    (docs / "guides" / "v60.md").write_text("# V60\n\nA new paragraph about pour-over.\n")
+    loud = runner.invoke(main, ["-vv", "index", str(docs), "--json"])
+    assert loud.exit_code == 0, loud.output
+    assert json.loads(loud.stdout)["published"], "stdout stays the JSON report alone"
+    assert re.search(r"^\S+ DEBUG published \(RSS \d+ MB\)$", loud.stderr, re.M), loud.stderr
+
+
 def test_status_with_nothing_in_flight(runner: CliRunner) -> None:
     result = runner.invoke(main, ["status"])
     assert result.exit_code == 0 and "nothing in flight" in result.output
