@@ -20,7 +20,8 @@ copy-on-write, while a ``spawn``/``forkserver`` worker pays that start-up again,
 on a corpus that takes 2 s to scan costs most of the gain of a second core. The forked
 child inherits the store's SQLite connection but never touches it, and pool workers
 leave through ``os._exit``, so it is not even finalised. Elsewhere (macOS, Windows)
-``spawn`` is used and the same code builds the tokenizer from its name in each worker.
+``spawn`` is used and the same code builds the tokenizer from its name in each worker,
+and so is ``forkserver`` once LanceDB is loaded (see :func:`_start_method`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import sys
 from collections import deque
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -214,7 +216,16 @@ def _groups(tasks: Iterable[FileTask]) -> Iterator[list[FileTask]]:
 
 
 def _start_method() -> str:
-    return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    """``fork`` while this process has not loaded LanceDB or Lance, whose runtime threads
+    make a forked child unsafe (both warn then); ``forkserver`` after (an application
+    that indexes twice in one process), ``spawn`` where neither exists."""
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and not any(m in sys.modules for m in _FORK_UNSAFE):
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+_FORK_UNSAFE = ("lancedb", "lance")
 
 
 def pool_workers(workers: int, tasks: Sequence[FileTask]) -> int:

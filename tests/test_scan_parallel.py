@@ -15,6 +15,8 @@ import logging
 import os
 import shutil
 import sqlite3
+import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -137,17 +139,19 @@ def _run(
     }
 
 
-@pytest.mark.parametrize("method", ["default", "spawn"])
+@pytest.mark.parametrize("method", ["default", "fork", "spawn"])
 def test_workers_give_identical_store_report_and_table(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
+    recwarn: pytest.WarningsRecorder,
     method: str,
 ) -> None:
+    """("default" is forkserver here: this process has loaded LanceDB.)"""
     monkeypatch.setattr(scanning, "MIN_POOL_BYTES", 0)  # use the pool on a small corpus
     monkeypatch.setattr(scanning, "TASK_FILES", 7)  # many tasks, several in flight
-    if method == "spawn":
-        monkeypatch.setattr(scanning, "_start_method", lambda: "spawn")
+    if method != "default":
+        monkeypatch.setattr(scanning, "_start_method", lambda: method)
     results: dict[int, list[dict[str, Any]]] = {}
     with FakeBatchAPI(default_dims=16) as api:
         for workers in (1, 2):
@@ -164,6 +168,8 @@ def test_workers_give_identical_store_report_and_table(
             _edit(root)
             second = _run(root, settings, ["gen/victim2.md"], monkeypatch, caplog)
             results[workers] = [first, second]
+    if method == "default":  # LanceDB's and Lance's "not fork-safe" warnings
+        assert not [w for w in recwarn if "fork" in str(w.message)]
     one, two = results[1], results[2]
     for run in (0, 1):
         for key in ("store", "skipped", "counts", "deleted", "logs", "table"):
@@ -223,3 +229,11 @@ def test_tiny_scans_and_one_worker_stay_in_process() -> None:
     big = [FileTask(f"f{i}", f"/x/f{i}", 600_000, None) for i in range(5)]
     assert scanning.pool_workers(2, big) == 2
     assert scanning.default_workers() >= 1
+
+
+def test_the_pool_forks_only_before_lancedb_is_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("lancedb", "lance"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    assert scanning._start_method() == "fork"
+    monkeypatch.setitem(sys.modules, "lance", types.ModuleType("lance"))
+    assert scanning._start_method() == "forkserver"
