@@ -93,8 +93,8 @@ def half_published_problems(
 ) -> list[str]:
     """Every version committed after ``since`` shows each source as it was (``before``)
     or as it is now, never a mix: a publish is one commit (``loading.ATOMIC_DELETES``
-    and ``ATOMIC_TABLE_BYTES`` are far above what the tests write). With ``overlap``
-    (a table past those bounds: the stale rows go in a later commit) a version may also
+    and ``ATOMIC_UPSERT_BYTES`` are far above what the tests write). With ``overlap``
+    (a change past those bounds: the stale rows go in a later commit) a version may also
     show a source's new rows next to its stale ones, but never fewer rows than either."""
     import lancedb
 

@@ -195,13 +195,13 @@ def test_publish_creates_updates_deletes_and_skips_no_change(
     assert all(len(r["vector"]) == DIM for r in rows)
 
 
-@pytest.mark.parametrize("bound", ["ATOMIC_DELETES", "ATOMIC_TABLE_BYTES"])
+@pytest.mark.parametrize(("bound", "commits"), [("ATOMIC_DELETES", 3), ("ATOMIC_UPSERT_BYTES", 2)])
 def test_past_the_atomic_bounds_the_deletes_land_in_later_commits(
-    store: RunStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bound: str
+    store: RunStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bound: str, commits: int
 ) -> None:
-    """More stale ids than ``ATOMIC_DELETES``, or a table larger than
-    ``ATOMIC_TABLE_BYTES``: the upsert commits first, the deletes after it (a reader in
-    between sees new rows next to stale ones, never fewer)."""
+    """More stale ids than ``ATOMIC_DELETES``, or more new rows than
+    ``ATOMIC_UPSERT_BYTES``: the upsert commits first, the deletes after it (a reader in
+    between sees new rows next to stale ones, never fewer), ``ATOMIC_DELETES`` a commit."""
     db = lancedb.connect(str(tmp_path / "db"))
     schema = table_schema(IDENT, {"model": "m"})
     fill(store, {"a.md": [("alpha", 1)], "b.md": [("beta", 1)], "c.md": [("gamma", 1)]})
@@ -210,7 +210,7 @@ def test_past_the_atomic_bounds_the_deletes_land_in_later_commits(
     fill(store, {"a.md": [("alpha", 2)]})  # one row updated, two sources gone
     second = publish(db, "chunks", store, schema, "m")
     assert (second.updated, second.deleted) == (1, 2)
-    assert second.version == first.version + 2
+    assert second.version == first.version + commits
     between = db.open_table("chunks")
     between.checkout(first.version + 1)
     assert sorted(r["start_line"] for r in between.to_arrow().to_pylist()) == [1, 1, 2]

@@ -73,7 +73,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 NIGHTS = int(os.environ.get("CORPUSBATCH_NIGHTS", "50"))
-ATOMIC_TABLE_BYTES = loading.ATOMIC_TABLE_BYTES
+ATOMIC_UPSERT_BYTES = loading.ATOMIC_UPSERT_BYTES
 SEED = int(os.environ.get("CORPUSBATCH_SEED", "20251"))
 KEEP_GOING = os.environ.get("CORPUSBATCH_KEEP_GOING", "") not in ("", "0")
 # comma-separated operations/faults to leave out, to hunt past a known bug:
@@ -744,12 +744,13 @@ class Walk:
                 self.arm(fault)
                 notes.append(f"fault {fault}")
         op, fault = self.extend(op, fault, notes, same_ident=ident == self.ident)
-        # a "large" table: past loading.ATOMIC_TABLE_BYTES the stale rows are deleted in
-        # a commit after the upsert (in this process; a killed CLI run keeps the default)
+        # a "large" change: past loading.ATOMIC_UPSERT_BYTES the new rows stream in one
+        # commit and the stale ones are deleted in the next (in this process; a killed
+        # CLI run keeps the default)
         large = self.xrng.random() < 0.25 * _on("large-table")
-        loading.ATOMIC_TABLE_BYTES = 0 if large else ATOMIC_TABLE_BYTES
+        loading.ATOMIC_UPSERT_BYTES = 0 if large else ATOMIC_UPSERT_BYTES
         if large:
-            notes.append("large table (two-commit publish)")
+            notes.append("large change (two-commit publish)")
         self.steps.append(f"night {self.night}: " + "; ".join(notes or ["no change"]))
         t0 = time.monotonic()
         since = table_version(self.settings())
@@ -885,7 +886,7 @@ def run_walk(seed: int, nights: int, tmp: Path) -> Walk:
         except AssertionError:
             pass
         finally:
-            loading.ATOMIC_TABLE_BYTES = ATOMIC_TABLE_BYTES
+            loading.ATOMIC_UPSERT_BYTES = ATOMIC_UPSERT_BYTES
         return walk
 
 
