@@ -88,6 +88,15 @@ def rss_mb() -> int | None:
     return None
 
 
+def peak_rss_mb() -> int | None:
+    """The largest resident memory this process has had, in MB (None off Unix)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # (KiB on Linux)
+
+
 def release() -> None:
     """Give free heap memory back to the system (after a stage that allocated much)."""
     libc = _glibc()

@@ -1058,6 +1058,7 @@ def _execute(ctx: _Context, api_key: str | None, wait: bool) -> None:
 def _publish(ctx: _Context) -> PublishResult:
     ctx.store.staging.maintain()  # a key index and few fragments make its lookups cheap
     memory.release()  # (what compacting staging freed: the table write needs room)
+    log.debug("staging maintained (RSS %s MB, peak %s MB)", memory.rss_mb(), memory.peak_rss_mb())
     db = connect(ctx.settings)
     schema = table_schema(ctx.identity, ctx.table_meta())
     ctx.progress.start("loading", total=ctx.store.count("desired"), unit="row")
@@ -1072,7 +1073,7 @@ def _publish(ctx: _Context) -> PublishResult:
     )
     ctx.progress.finish()
     memory.release()  # (the write's buffers: building indexes needs room)
-    log.debug("published (RSS %s MB)", memory.rss_mb())
+    log.debug("published (RSS %s MB, peak %s MB)", memory.rss_mb(), memory.peak_rss_mb())
     if result.inserted or result.updated or result.deleted:
         table = db.open_table(ctx.settings.table)
         try:
@@ -1120,7 +1121,7 @@ def _built(what: str) -> None:
     """After an index build (or compaction): hand its buffers back before the next one
     starts."""
     memory.release()
-    log.debug("built the %s (RSS %s MB)", what, memory.rss_mb())
+    log.debug("%s done (RSS %s MB, peak %s MB)", what, memory.rss_mb(), memory.peak_rss_mb())
 
 
 def _maintain(table: Any, store: RunStore, changed: int) -> None:

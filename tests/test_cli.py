@@ -108,7 +108,9 @@ def test_json_keeps_stderr_to_warnings_unless_vv_asks_for_debug(
     loud = runner.invoke(main, ["-vv", "index", str(docs), "--json"])
     assert loud.exit_code == 0, loud.output
     assert json.loads(loud.stdout)["published"], "stdout stays the JSON report alone"
-    assert re.search(r"^\S+ DEBUG published \(RSS \d+ MB\)$", loud.stderr, re.M), loud.stderr
+    assert re.search(r"^\S+ DEBUG published \(RSS \d+ MB, peak \d+ MB\)$", loud.stderr, re.M), (
+        loud.stderr
+    )
 
 
 def test_status_with_nothing_in_flight(runner: CliRunner) -> None:
