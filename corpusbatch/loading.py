@@ -55,6 +55,7 @@ import functools
 import itertools
 import json
 import logging
+import math
 import random
 import re
 import sqlite3
@@ -1606,29 +1607,18 @@ def _update(
     )
     if delete:
         _save_vectors_of_deleted(store, table, current, delete)
-    ordered = sorted(delete)
+    stale = _stale_by_source(current, delete)
     batches: Iterator[pa.RecordBatch] = iter(())
     if upsert:
         stage_ids(store, upsert)
         batches = iter_row_batches(store, schema, model, finder, staged_only=True, on_rows=on_rows)
-    head, rest = _buffered(batches, ATOMIC_UPSERT_BYTES)
-    if rest is None and (head or ordered) and len(ordered) <= ATOMIC_DELETES:
-        _merge_whole(table, pa.Table.from_batches(head, schema), ordered)
-        ordered = []
-    elif head:
-        reader = pa.RecordBatchReader.from_batches(schema, itertools.chain(head, rest or ()))
-        table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(
-            reader
-        )
+    _commit_by_source(table, schema, _source_groups(batches, ATOMIC_UPSERT_BYTES), stale)
     if upsert:
         # rows left out had lost their vector: mostly rows deleted from the table outside
         # corpusbatch (which took their vectors along), so they count as not inserted
         lost = min(finder.skipped_rows, result.inserted)
         result.inserted -= lost
         result.updated -= finder.skipped_rows - lost
-    for i in range(0, len(ordered), ATOMIC_DELETES):
-        part = ordered[i : i + ATOMIC_DELETES]
-        retry_conflicts(functools.partial(table.delete, sql_in("id", part)), "delete")
     result.version = table.version
     return result
 
@@ -1639,28 +1629,121 @@ def _update(
 #: the rows are held in memory and merged with pylance, whose join then keeps only them
 #: in a hash table and streams the table's ids past it. Measured on a 1M-row table at 256
 #: dimensions: a 2-row edit +98 MB of RSS in 0.7 s, 20k rows and 4,096 deletes +180 MB
-#: in 1.2 s, 50k deletes +183 MB in 1.2 s. Streamed (a reader of unknown length), or
-#: past about 66 MiB of rows, the same merge hashes the table's side: +1.1 to 1.3 GB.
-#: A larger change streams its rows in one commit and deletes the stale ones in commits
-#: of ``ATOMIC_DELETES`` after it (a reader in between sees the new rows next to the
-#: stale ones, never fewer rows).
+#: in 1.2 s, 50k deletes +183 MB in 1.2 s. Past about 66 MiB of rows (or streamed, as a
+#: reader of unknown length) the same merge hashes the table's side: +1.1 to 1.3 GB.
+#: A larger change is several such commits, each holding whole sources: a reader sees
+#: every document as it was or as it is now, never a mix, never twice.
 ATOMIC_UPSERT_BYTES = 32 << 20
 ATOMIC_DELETES = 50_000
+#: A group of rows past this (only when one source has more than ``ATOMIC_UPSERT_BYTES``
+#: of rows: ~14k chunks) is upserted streamed and its stale rows deleted in the next
+#: commit, so that memory stays bounded.
+STREAM_SOURCE_BYTES = 64 << 20
 
 
-def _buffered(
-    batches: Iterator[pa.RecordBatch], limit: int
-) -> tuple[list[pa.RecordBatch], Iterator[pa.RecordBatch] | None]:
-    """The first batches of ``batches``, up to ``limit`` bytes, and the rest (None when
-    they all fit)."""
-    head: list[pa.RecordBatch] = []
+def _stale_by_source(current: pa.Table | None, delete: Collection[str]) -> dict[str, list[str]]:
+    """The ids of ``delete``, by the source that their table rows belong to."""
+    stale: dict[str, list[str]] = {}
+    if current is None or not delete:
+        return stale
+    gone = set(delete)
+    ids, sources = current["id"].to_pylist(), current["source"].to_pylist()
+    for rid, source in zip(ids, sources, strict=True):
+        if rid in gone:
+            stale.setdefault(source, []).append(rid)
+    return stale
+
+
+def _source_groups(batches: Iterator[pa.RecordBatch], limit: int) -> Iterator[list[pa.RecordBatch]]:
+    """Rows (ordered by source) regrouped into groups of whole sources, each closed at
+    the first source boundary once it holds ``limit`` bytes (estimated per row)."""
+    group: list[pa.RecordBatch] = []
     size = 0
+    last: str | None = None  # the source of the row before ``batch``
     for batch in batches:
-        head.append(batch)
-        size += batch.nbytes
-        if size > limit:
-            return head, batches
-    return head, None
+        while batch.num_rows:
+            full_at = math.ceil(max(0, limit - size) * batch.num_rows / max(1, batch.nbytes))
+            cut = _boundary(batch, max(full_at, 0 if group else 1), last)
+            if cut is None:
+                group.append(batch)
+                size += batch.nbytes
+                last = batch.column("source")[-1].as_py()
+                break
+            if cut:
+                group.append(batch.slice(0, cut))
+                last = batch.column("source")[cut - 1].as_py()
+            yield group
+            group, size, batch = [], 0, batch.slice(cut)
+    if group:
+        yield group
+
+
+def _boundary(batch: pa.RecordBatch, start: int, last: str | None) -> int | None:
+    """The first row at or after ``start`` that begins another source than the row
+    before it (``last`` before row 0), or None."""
+    sources = batch.column("source").to_pylist()
+    for i in range(start, len(sources)):
+        if sources[i] != (last if i == 0 else sources[i - 1]):
+            return i
+    return None
+
+
+def _commit_by_source(
+    table: Any,
+    schema: pa.Schema,
+    groups: Iterator[list[pa.RecordBatch]],
+    stale: dict[str, list[str]],
+) -> None:
+    """Each group of rows in one commit with the stale rows of its sources; the stale
+    rows of sources without new rows go with the last group, or in commits of their own
+    (whole sources, up to ``ATOMIC_DELETES`` ids each)."""
+    pending: pa.Table | None = None
+    for group in groups:
+        if pending is not None:
+            _merge_group(table, pending, _pop_stale(pending, stale))
+        pending = pa.Table.from_batches(group, schema)
+    if pending is not None:
+        ids = _pop_stale(pending, stale)
+        packs = _delete_packs(stale)
+        if packs and len(ids) + len(packs[0]) <= ATOMIC_DELETES:
+            ids += packs.pop(0)
+        _merge_group(table, pending, ids)
+    else:
+        packs = _delete_packs(stale)
+    for ids in packs:
+        _merge_group(table, schema.empty_table(), ids)
+
+
+def _pop_stale(rows: pa.Table, stale: dict[str, list[str]]) -> list[str]:
+    """The stale ids of the sources of ``rows`` (taken out of ``stale``)."""
+    sources = sorted(set(rows.column("source").to_pylist()))
+    return [rid for source in sources for rid in stale.pop(source, [])]
+
+
+def _delete_packs(stale: dict[str, list[str]]) -> list[list[str]]:
+    """The stale ids, whole sources at a time, in packs of up to ``ATOMIC_DELETES`` (a
+    source with more is a pack of its own)."""
+    packs: list[list[str]] = []
+    for source in sorted(stale):
+        ids = stale[source]
+        if not packs or len(packs[-1]) + len(ids) > ATOMIC_DELETES:
+            packs.append([])
+        packs[-1] += ids
+    return packs
+
+
+def _merge_group(table: Any, rows: pa.Table, delete: list[str]) -> None:
+    """One commit for ``rows`` and ``delete``; streamed, with the deletes after it,
+    when ``rows`` are past ``STREAM_SOURCE_BYTES`` (one huge source)."""
+    if rows.nbytes <= STREAM_SOURCE_BYTES:
+        _merge_whole(table, rows, delete)
+        return
+    table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(
+        pa.RecordBatchReader.from_batches(rows.schema, rows.to_batches())
+    )
+    for i in range(0, len(delete), ATOMIC_DELETES):
+        part = delete[i : i + ATOMIC_DELETES]
+        retry_conflicts(functools.partial(table.delete, sql_in("id", part)), "delete")
 
 
 def _merge_whole(table: Any, rows: pa.Table, delete: list[str]) -> None:

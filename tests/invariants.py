@@ -92,10 +92,10 @@ def half_published_problems(
     settings: Settings, since: int | None, before: list[Row], *, overlap: bool = False
 ) -> list[str]:
     """Every version committed after ``since`` shows each source as it was (``before``)
-    or as it is now, never a mix: a publish is one commit (``loading.ATOMIC_DELETES``
-    and ``ATOMIC_UPSERT_BYTES`` are far above what the tests write). With ``overlap``
-    (a change past those bounds: the stale rows go in a later commit) a version may also
-    show a source's new rows next to its stale ones, but never fewer rows than either."""
+    or as it is now, never a mix: each commit of a publish holds whole sources. With
+    ``overlap`` (one source past ``loading.STREAM_SOURCE_BYTES``: its stale rows go in a
+    later commit) a version may also show a source's new rows next to its stale ones,
+    but never fewer rows than either."""
     import lancedb
 
     latest = table_version(settings)

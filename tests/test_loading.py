@@ -9,6 +9,7 @@ from typing import Any
 
 import lancedb
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from corpusbatch import loading
@@ -195,27 +196,52 @@ def test_publish_creates_updates_deletes_and_skips_no_change(
     assert all(len(r["vector"]) == DIM for r in rows)
 
 
-@pytest.mark.parametrize(("bound", "commits"), [("ATOMIC_DELETES", 3), ("ATOMIC_UPSERT_BYTES", 2)])
-def test_past_the_atomic_bounds_the_deletes_land_in_later_commits(
+def _by_source(rows: list[dict[str, Any]]) -> dict[str, list[tuple[str, int]]]:
+    out: dict[str, list[tuple[str, int]]] = {}
+    for r in sorted(rows, key=lambda r: (r["source"], r["start_line"], r["text"])):
+        out.setdefault(r["source"], []).append((r["text"], r["start_line"]))
+    return out
+
+
+@pytest.mark.parametrize(("bound", "commits"), [("ATOMIC_UPSERT_BYTES", 2), ("ATOMIC_DELETES", 3)])
+def test_a_large_change_commits_whole_sources(
     store: RunStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bound: str, commits: int
 ) -> None:
-    """More stale ids than ``ATOMIC_DELETES``, or more new rows than
-    ``ATOMIC_UPSERT_BYTES``: the upsert commits first, the deletes after it (a reader in
-    between sees new rows next to stale ones, never fewer), ``ATOMIC_DELETES`` a commit."""
+    """Past ``ATOMIC_UPSERT_BYTES`` of new rows, or ``ATOMIC_DELETES`` stale ones, a
+    publish is several commits, each with whole sources: every version between shows
+    each document as it was or as it is now (never both, never neither)."""
     db = lancedb.connect(str(tmp_path / "db"))
     schema = table_schema(IDENT, {"model": "m"})
-    fill(store, {"a.md": [("alpha", 1)], "b.md": [("beta", 1)], "c.md": [("gamma", 1)]})
+    old = {
+        "a.md": [("alpha", 1), ("old a", 2)],
+        "b.md": [("beta", 1), ("old b", 2)],
+        "c.md": [("gamma", 1)],
+        "d.md": [("delta", 1), ("old d", 2)],
+    }
+    fill(store, old)
     first = publish(db, "chunks", store, schema, "m")
     monkeypatch.setattr(loading, bound, 1)
-    fill(store, {"a.md": [("alpha", 2)]})  # one row updated, two sources gone
+    new = {
+        "a.md": [("alpha", 1), ("new a", 2)],  # one row replaced
+        "b.md": [("beta", 3), ("new b", 4)],  # one moved, one replaced
+        "d.md": [("delta", 1)],  # one row gone; c.md gone
+    }
+    fill(store, new)
     second = publish(db, "chunks", store, schema, "m")
-    assert (second.updated, second.deleted) == (1, 2)
+    assert (second.inserted, second.updated, second.deleted) == (2, 1, 4)
     assert second.version == first.version + commits
-    between = db.open_table("chunks")
-    between.checkout(first.version + 1)
-    assert sorted(r["start_line"] for r in between.to_arrow().to_pylist()) == [1, 1, 2]
-    rows = db.open_table("chunks").to_arrow().to_pylist()
-    assert [(r["source"], r["start_line"]) for r in rows] == [("a.md", 2)]
+    before, after = _by_source_of(old), _by_source_of(new)
+    for version in range(first.version, second.version + 1):
+        table = db.open_table("chunks")
+        table.checkout(version)
+        seen = _by_source(table.to_arrow().to_pylist())
+        for source in before.keys() | after.keys():
+            assert seen.get(source) in (before.get(source), after.get(source)), (version, source)
+    assert _by_source(db.open_table("chunks").to_arrow().to_pylist()) == after
+
+
+def _by_source_of(docs: dict[str, list[tuple[str, int]]]) -> dict[str, list[tuple[str, int]]]:
+    return {source: sorted(parts, key=lambda p: (p[1], p[0])) for source, parts in docs.items()}
 
 
 def test_identity_change_rebuilds_the_table_in_one_commit(tmp_path: Path) -> None:
@@ -400,3 +426,25 @@ def test_missing_output_file_still_raises(store: RunStore, tmp_path: Path) -> No
 def test_run_store_syncs_fully(store: RunStore) -> None:
     # 2 = FULL: a power loss must not leave a file `loaded` in the journal without vectors
     assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
+@pytest.mark.parametrize("limit", [0, 1, 200, 10**9])
+@pytest.mark.parametrize("batch_rows", [1, 3, 7, 100])
+def test_source_groups_keep_sources_whole_and_rows_in_order(limit: int, batch_rows: int) -> None:
+    rng = np.random.default_rng(limit + batch_rows)
+    sources = [f"s{i:02d}" for i in range(12) for _ in range(int(rng.integers(1, 6)))]
+    rows = pa.table({"source": sources, "n": list(range(len(sources)))})
+    batches = iter(rows.to_batches(max_chunksize=batch_rows))
+    groups = list(loading._source_groups(batches, limit))
+    assert all(groups), "no empty group"
+    got = [pa.Table.from_batches(g) for g in groups]
+    assert pa.concat_tables(got).column("n").to_pylist() == list(range(len(sources)))
+    seen: set[str] = set()
+    for table in got:
+        mine = set(table.column("source").to_pylist())
+        assert not mine & seen, "a source is split across groups"
+        seen |= mine
+    if limit >= rows.nbytes:
+        assert len(groups) == 1
+    elif limit <= 1:
+        assert len(groups) == 12, "a full group closes at every source boundary"

@@ -73,7 +73,10 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 NIGHTS = int(os.environ.get("CORPUSBATCH_NIGHTS", "50"))
-ATOMIC_UPSERT_BYTES = loading.ATOMIC_UPSERT_BYTES
+BOUNDS = {
+    name: getattr(loading, name)
+    for name in ("ATOMIC_UPSERT_BYTES", "ATOMIC_DELETES", "STREAM_SOURCE_BYTES")
+}
 SEED = int(os.environ.get("CORPUSBATCH_SEED", "20251"))
 KEEP_GOING = os.environ.get("CORPUSBATCH_KEEP_GOING", "") not in ("", "0")
 # comma-separated operations/faults to leave out, to hunt past a known bug:
@@ -150,6 +153,16 @@ FAULTS = (
     "download_drop",
     "create_500_after",
 )
+
+
+def _set_bounds(large: bool, huge: bool) -> None:
+    """loading's one-commit bounds: the defaults, or those of a change past them."""
+    for name, default in BOUNDS.items():
+        setattr(loading, name, default)
+    if large:
+        loading.ATOMIC_UPSERT_BYTES, loading.ATOMIC_DELETES = 0, 1
+    if huge:
+        loading.STREAM_SOURCE_BYTES = 0
 
 
 class Timeout(BaseException):
@@ -744,13 +757,15 @@ class Walk:
                 self.arm(fault)
                 notes.append(f"fault {fault}")
         op, fault = self.extend(op, fault, notes, same_ident=ident == self.ident)
-        # a "large" change: past loading.ATOMIC_UPSERT_BYTES the new rows stream in one
-        # commit and the stale ones are deleted in the next (in this process; a killed
-        # CLI run keeps the default)
+        # a "large" change: past loading's bounds the publish is one commit per source
+        # (and per deleted source); a third of them also as one huge source, streamed,
+        # whose stale rows go in the next commit (in this process; a killed CLI run
+        # keeps the defaults)
         large = self.xrng.random() < 0.25 * _on("large-table")
-        loading.ATOMIC_UPSERT_BYTES = 0 if large else ATOMIC_UPSERT_BYTES
+        huge = large and self.xrng.random() < 1 / 3
+        _set_bounds(large, huge)
         if large:
-            notes.append("large change (two-commit publish)")
+            notes.append("large change (a commit per source" + (", streamed)" if huge else ")"))
         self.steps.append(f"night {self.night}: " + "; ".join(notes or ["no change"]))
         t0 = time.monotonic()
         since = table_version(self.settings())
@@ -775,7 +790,7 @@ class Walk:
         finally:
             self.disarm()
             if op != "verify":  # (verify's damage step deletes rows by hand first)
-                half = half_published_problems(self.settings(), since, self.previous, overlap=large)
+                half = half_published_problems(self.settings(), since, self.previous, overlap=huge)
                 if half:
                     self.find("a reader could see a half-published state:\n" + "\n".join(half))
             self.previous = table_rows(self.settings())
@@ -886,7 +901,7 @@ def run_walk(seed: int, nights: int, tmp: Path) -> Walk:
         except AssertionError:
             pass
         finally:
-            loading.ATOMIC_UPSERT_BYTES = ATOMIC_UPSERT_BYTES
+            _set_bounds(False, False)
         return walk
 
 
