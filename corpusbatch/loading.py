@@ -1636,8 +1636,8 @@ def _update(
 ATOMIC_UPSERT_BYTES = 32 << 20
 ATOMIC_DELETES = 50_000
 #: A group of rows past this (only when one source has more than ``ATOMIC_UPSERT_BYTES``
-#: of rows: ~14k chunks) is upserted streamed and its stale rows deleted in the next
-#: commit, so that memory stays bounded.
+#: of rows: ~14k chunks) is upserted streamed and the stale rows of its sources deleted
+#: in the next commit, so that memory stays bounded.
 STREAM_SOURCE_BYTES = 64 << 20
 
 
