@@ -270,6 +270,11 @@ class RunStore:
         self.db.execute("VACUUM")
         self.staging.maintain()
 
+    def release_memory(self) -> None:
+        """Hand back the page cache of ``store.db`` (up to 64 MiB after a scan or plan of
+        a large corpus; it fills again as needed)."""
+        self.db.execute("PRAGMA shrink_memory")
+
     def close(self) -> None:
         self.db.close()
 
