@@ -67,6 +67,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .errors import ConfigError, LoadError, redact
 from .staging import LOOKUP_CHUNK, KeySet, Staging, lookup, quoted_in
@@ -1705,24 +1706,24 @@ def _commit_by_source(
     pending: pa.Table | None = None
     for group in groups:
         if pending is not None:
-            _merge_group(table, pending, _pop_stale(pending, stale))
+            _commit_group(table, pending, stale, [])
         pending = pa.Table.from_batches(group, schema)
+    packs = _delete_packs({s: ids for s, ids in stale.items() if s not in _sources(pending)})
     if pending is not None:
-        ids = _pop_stale(pending, stale)
-        packs = _delete_packs(stale)
-        if packs and len(ids) + len(packs[0]) <= ATOMIC_DELETES:
-            ids += packs.pop(0)
-        _merge_group(table, pending, ids)
-    else:
-        packs = _delete_packs(stale)
+        own = sum(len(stale.get(s, ())) for s in _sources(pending))
+        extra = packs.pop(0) if packs and own + len(packs[0]) <= ATOMIC_DELETES else []
+        _commit_group(table, pending, stale, extra)
     for ids in packs:
-        _merge_group(table, schema.empty_table(), ids)
+        _merge_whole(table, schema.empty_table(), ids)
+
+
+def _sources(rows: pa.Table | None) -> set[str]:
+    return set() if rows is None else set(rows.column("source").to_pylist())
 
 
 def _pop_stale(rows: pa.Table, stale: dict[str, list[str]]) -> list[str]:
     """The stale ids of the sources of ``rows`` (taken out of ``stale``)."""
-    sources = sorted(set(rows.column("source").to_pylist()))
-    return [rid for source in sources for rid in stale.pop(source, [])]
+    return [rid for source in sorted(_sources(rows)) for rid in stale.pop(source, [])]
 
 
 def _delete_packs(stale: dict[str, list[str]]) -> list[list[str]]:
@@ -1737,15 +1738,24 @@ def _delete_packs(stale: dict[str, list[str]]) -> list[list[str]]:
     return packs
 
 
-def _merge_group(table: Any, rows: pa.Table, delete: list[str]) -> None:
-    """One commit for ``rows`` and ``delete``; streamed, with the deletes after it,
-    when ``rows`` are past ``STREAM_SOURCE_BYTES`` (one huge source)."""
+def _commit_group(
+    table: Any, rows: pa.Table, stale: dict[str, list[str]], extra: list[str]
+) -> None:
+    """``rows`` (whole sources) in one commit with their sources' stale rows and the
+    ``extra`` ids. Past ``STREAM_SOURCE_BYTES`` the group ends in one huge source (it
+    was under ``ATOMIC_UPSERT_BYTES`` before it): the others go in one commit, and that
+    source is streamed, its stale rows deleted right after."""
     if rows.nbytes <= STREAM_SOURCE_BYTES:
-        _merge_whole(table, rows, delete)
+        _merge_whole(table, rows, _pop_stale(rows, stale) + extra)
         return
+    huge = pc.equal(rows.column("source"), rows.column("source")[-1])
+    rest, rows = rows.filter(pc.invert(huge)), rows.filter(huge)
+    if rest.num_rows or extra:
+        _merge_whole(table, rest, _pop_stale(rest, stale) + extra)
     table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(
         pa.RecordBatchReader.from_batches(rows.schema, rows.to_batches())
     )
+    delete = _pop_stale(rows, stale)
     for i in range(0, len(delete), ATOMIC_DELETES):
         part = delete[i : i + ATOMIC_DELETES]
         retry_conflicts(functools.partial(table.delete, sql_in("id", part)), "delete")
