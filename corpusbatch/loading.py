@@ -1431,6 +1431,8 @@ def publish(
         raise _shared_identity_error(table_name, table.schema, schema)
     if same:
         finish_unstaging(store, table)  # a publish killed after its commit
+    else:  # (noted for a table that is gone or replaced: their vectors stay staged)
+        store.db.execute("DELETE FROM unstage")
     full = not same or store.is_dirty()
     incomplete = store.incomplete_sources(among_changed=not full)
     finder = VectorFinder(store, table if same else None)
