@@ -580,6 +580,7 @@ class Walk:
             # hand are read and paid for again (once), and the table must recover whole
             self.delete_rows(settings)
             label = ("" if not damage else "duplicate 2 rows, ") + "delete 2 rows; verify --repair"
+        damaged = table_rows(settings) if label != "verify --repair" else None
         files = read_files(self.root)
         outcome, value = self.library(lambda: verify(settings, self.root, repair=True, api_key="k"))
         if outcome == "ok":
@@ -591,6 +592,8 @@ class Walk:
         if outcome == "IndexNotFound" and not (settings.index_dir / "store.db").exists():
             self.steps.append(f"  {label} -> IndexNotFound (no index yet)")
             return
+        if outcome == "MassDeleteRefused" and damaged is not None:
+            self.previous = damaged  # a refused repair leaves the damage as it is
         self.outcome(label, outcome, value, fault, settings, files, False)
 
     def delete_rows(self, settings: Settings) -> None:
