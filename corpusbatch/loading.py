@@ -10,13 +10,13 @@ Two steps, so that a table reader never loses a row of a complete source:
    so paid work is on disk at once; loading the same file twice is harmless (vectors
    are keyed by content).
 2. :func:`publish` moves the table to the newest complete state *per source* with one
-   ``merge_insert`` commit that also deletes stale rows by id (for changes of up to
-   ``ATOMIC_UPSERT_BYTES`` and ``ATOMIC_DELETES``; past them deletes by id follow): a source is
-   complete when each of its desired rows has a vector or failed for good. Complete
-   sources get exactly their desired rows (new and changed rows upserted, stale rows
-   deleted); sources still in flight keep their last published rows untouched; rows of
-   sources that are gone are deleted. Unchanged rows are not rewritten; a run that changes nothing
-   writes nothing. Published vectors leave staging: each vector is stored once.
+   ``merge_insert`` commit that also deletes stale rows by id (a larger change than
+   ``ATOMIC_UPSERT_BYTES`` is several commits of whole sources): a source is complete
+   when each of its desired rows has a vector or failed for good. Complete sources get
+   exactly their desired rows (new and changed rows upserted, stale rows deleted);
+   sources still in flight keep their last published rows untouched; rows of sources
+   that are gone are deleted. Unchanged rows are not rewritten; a run that changes
+   nothing writes nothing. Published vectors leave staging: each vector is stored once.
 
 The run store also holds the *desired* rows of the current run (what the sources say
 the table should contain) and the permanent failures, so that a killed run resumes
@@ -525,7 +525,7 @@ class RunStore:
         return self._keys_in("vectors", keys)
 
     def _keys_in(self, table: str, keys: Sequence[str]) -> set[str]:
-        assert table in ("desired", "vectors")
+        assert table in ("desired", "vectors", "unstage")
         found: set[str] = set()
         for i in range(0, len(keys), 500):
             part = keys[i : i + 500]
@@ -698,7 +698,7 @@ class RunStore:
             return self.db.execute("DELETE FROM failures").rowcount
 
     def count(self, table: str) -> int:
-        assert table in ("desired", "vectors", "failures", "sources")
+        assert table in ("desired", "vectors", "failures", "sources", "unstage")
         return int(self.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
     def transaction(self) -> _Tx:
@@ -1184,25 +1184,19 @@ class VectorFinder:
 class _Unstage(KeySet):
     """The keys of ``store.db``'s ``unstage`` table, as a :class:`KeySet`."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
 
     def __len__(self) -> int:
-        return int(self.db.execute("SELECT count(*) FROM unstage").fetchone()[0])
+        return self.store.count("unstage")
 
     def chunks(self, size: int) -> Iterator[list[str]]:
-        cur = self.db.execute("SELECT key FROM unstage ORDER BY key")
+        cur = self.store.db.execute("SELECT key FROM unstage ORDER BY key")
         while rows := cur.fetchmany(size):
             yield [k for (k,) in rows]
 
     def among(self, keys: Sequence[str]) -> set[str]:
-        found: set[str] = set()
-        for i in range(0, len(keys), LOOKUP_CHUNK):
-            part = keys[i : i + LOOKUP_CHUNK]
-            marks = ",".join("?" * len(part))
-            sql = f"SELECT key FROM unstage WHERE key IN ({marks})"
-            found.update(k for (k,) in self.db.execute(sql, part))
-        return found
+        return self.store._keys_in("unstage", keys)
 
 
 def iter_staged_rows(
@@ -1408,9 +1402,9 @@ def publish(
     (:meth:`RunStore.incomplete_sources`). Complete sources get exactly their desired
     rows that have vectors: new and changed rows are upserted and stale rows deleted by
     id in one ``merge_insert`` commit, so a reader sees a publish whole or not at all
-    (for up to ``ATOMIC_UPSERT_BYTES`` of new rows and ``ATOMIC_DELETES`` deletes, at
-    any table size; past them the deletes follow in commits of their own). Sources still in
-    flight keep their last published rows; rows of sources no longer desired are
+    (at any table size; a change past ``ATOMIC_UPSERT_BYTES`` of new rows is several
+    commits, each of whole sources). Sources still in flight keep their last published
+    rows; rows of sources no longer desired are
     deleted. Nothing is written when nothing changed, and
     no table is created while no row can be published. If the table was built with
     another index identity (model, dimensions, prefix, chunker, layout; kept in the
@@ -1574,7 +1568,7 @@ def _shared_identity_error(name: str, have: pa.Schema, want: pa.Schema) -> Confi
 
 def _unstage(store: RunStore) -> None:
     """The table holds what came from staging now: delete it there."""
-    store.staging.delete(_Unstage(store.db))
+    store.staging.delete(_Unstage(store))
     store.db.execute("DELETE FROM unstage")
 
 

@@ -1058,8 +1058,7 @@ def _execute(ctx: _Context, api_key: str | None, wait: bool) -> None:
 def _publish(ctx: _Context) -> PublishResult:
     ctx.store.release_memory()  # (the plan's page cache: 66 MB of a 1M-row nightly edit)
     ctx.store.staging.maintain()  # a key index and few fragments make its lookups cheap
-    memory.release()  # (what compacting staging freed: the table write needs room)
-    log.debug("staging maintained (RSS %s MB, peak %s MB)", memory.rss_mb(), memory.peak_rss_mb())
+    _step_done("staging maintained")  # (what compacting freed: the table write needs room)
     db = connect(ctx.settings)
     schema = table_schema(ctx.identity, ctx.table_meta())
     ctx.progress.start("loading", total=ctx.store.count("desired"), unit="row")
@@ -1074,8 +1073,7 @@ def _publish(ctx: _Context) -> PublishResult:
     )
     ctx.progress.finish()
     ctx.store.release_memory()
-    memory.release()  # (the write's buffers: building indexes needs room)
-    log.debug("published (RSS %s MB, peak %s MB)", memory.rss_mb(), memory.peak_rss_mb())
+    _step_done("published")  # (the write's buffers: building indexes needs room)
     if result.inserted or result.updated or result.deleted:
         table = db.open_table(ctx.settings.table)
         try:
@@ -1119,11 +1117,11 @@ def _table_exists(ctx: _Context) -> bool:
     return True
 
 
-def _built(what: str) -> None:
-    """After an index build (or compaction): hand its buffers back before the next one
-    starts."""
+def _step_done(what: str) -> None:
+    """After a publish step: hand its buffers back before the next one starts, and log
+    the process's memory (-vv shows which step sets the peak)."""
     memory.release()
-    log.debug("%s done (RSS %s MB, peak %s MB)", what, memory.rss_mb(), memory.peak_rss_mb())
+    log.debug("%s (RSS %s MB, peak %s MB)", what, memory.rss_mb(), memory.peak_rss_mb())
 
 
 def _maintain(table: Any, store: RunStore, changed: int) -> None:
@@ -1143,11 +1141,11 @@ def _maintain(table: Any, store: RunStore, changed: int) -> None:
     indexed = {tuple(i.columns) for i in table.list_indices()}
     if ("text",) not in indexed:
         table.create_index("text", config=FTS(memory_limit=FTS_BUILD_MIB))
-        _built("full-text index")
+        _step_done("full-text index built")
     for column in ("id", "source", "key"):  # nightly publishes look rows up by these
         if (column,) not in indexed:
             table.create_index(column, config=BTree())
-            _built(f"{column} index")
+            _step_done(f"{column} index built")
     rows = table.count_rows()
     trained = int(store.get_meta("vector_index_rows") or 0)
     has_index = ("vector",) in indexed
@@ -1155,7 +1153,7 @@ def _maintain(table: Any, store: RunStore, changed: int) -> None:
         if has_index:
             log.info("the table doubled since its vector index was trained: training again")
         table.create_index("vector", config=IvfRq(distance_type="cosine"), replace=True)
-        _built("vector index")
+        _step_done("vector index built")
         trained = rows
     elif has_index and not trained:  # an index from before the rule: count from here
         trained = rows
@@ -1165,7 +1163,7 @@ def _maintain(table: Any, store: RunStore, changed: int) -> None:
     optimize = built or rows_due >= OPTIMIZE_ROWS or commits_due >= OPTIMIZE_COMMITS
     if optimize:
         table.optimize(cleanup_older_than=timedelta(days=1))
-        _built("compaction")
+        _step_done("compacted")
         rows_due = commits_due = 0
     with store.transaction():
         if trained:
