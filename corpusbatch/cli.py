@@ -659,6 +659,12 @@ def verify_cmd(
                     f"{key}: {len(value)} ({', '.join(map(str, value[:5]))}"
                     f"{', ...' if len(value) > 5 else ''})"
                 )
+        if found.rebuild_pending:
+            click.echo(
+                "the table still holds the previous identity's rows: they were checked "
+                "for damage only; the switch completes once the sources in flight finish"
+                " (`corpusbatch collect`)"
+            )
         click.echo(
             f"rows {found.rows}, expected {found.expected_rows}: "
             f"{'ok' if found.ok else 'problems found'}"

@@ -1031,8 +1031,7 @@ def table_schema(identity: EmbeddingIdentity, settings_blob: dict[str, Any]) -> 
     ``ref_doc_id``); ``metadata`` repeats ``id``, ``source``, ``heading`` and the line
     range as a struct for RAG frameworks, next to the flat columns that SQL filters use.
     """
-    blob = {**settings_blob, "schema_version": TABLE_SCHEMA_VERSION}
-    meta = {"corpusbatch": json.dumps(blob, sort_keys=True)}
+    meta = {"corpusbatch": identity_meta(settings_blob)}
     return pa.schema(
         [
             pa.field("id", pa.string(), nullable=False),
@@ -1052,6 +1051,17 @@ def table_schema(identity: EmbeddingIdentity, settings_blob: dict[str, Any]) -> 
         ],
         metadata=meta,
     )
+
+
+def identity_meta(settings_blob: dict[str, Any]) -> str:
+    """What a table built with ``settings_blob`` carries in its schema metadata: two
+    tables hold rows of the same identity and layout exactly when these are equal."""
+    return json.dumps({**settings_blob, "schema_version": TABLE_SCHEMA_VERSION}, sort_keys=True)
+
+
+def table_identity_meta(table: Any) -> str | None:
+    """The :func:`identity_meta` a published table was built with (None: unknown)."""
+    return _identity_of(table.schema)
 
 
 def schema_version(schema: pa.Schema) -> int:

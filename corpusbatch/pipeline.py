@@ -45,6 +45,7 @@ from .loading import (
     PublishResult,
     RunStore,
     SourceState,
+    identity_meta,
     is_commit_conflict,
     load_output,
     publish,
@@ -469,6 +470,7 @@ def _scan(
         store.set_meta("root", str(root))
         store.set_meta("fingerprint", ctx.fingerprint)
         store.set_meta("identity", ctx.identity_json)
+        store.set_meta("table_identity", identity_meta(ctx.table_meta()))
         report.documents = _document_count(store)
     progress.finish()
     report.skipped_by_reason = dict(sorted(Counter(s["kind"] for s in report.skipped).items()))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import numpy as np
 from .config import Settings
 from .errors import IndexNotFound
 from .journal import Journal
-from .loading import RunStore, namespace_filter, sql_in
+from .loading import RunStore, namespace_filter, sql_in, table_identity_meta
 from .pipeline import RunReport, index, resolve_identity
 from .types import content_hash
 from .workspace import IndexPaths, index_lock, open_table
@@ -47,11 +48,20 @@ class VerifyReport:
     zero_vectors: list[str] = field(default_factory=list)
     text_mismatch: list[str] = field(default_factory=list)
     bad_stored_vectors: list[str] = field(default_factory=list)
+    # keys recorded as embedded whose vector is neither staged nor on a row of the table
+    # (rows deleted outside corpusbatch took theirs along): the repair embeds them again
+    lost_vectors: list[str] = field(default_factory=list)
     sources_changed: list[str] = field(default_factory=list)
     sources_missing: list[str] = field(default_factory=list)
     files_failed: list[str] = field(default_factory=list)
     files_pending: list[str] = field(default_factory=list)
+    # the table still holds the rows of another identity (a switch of model, dimensions,
+    # prefix or chunking waits for sources in flight): its rows are checked for damage
+    # only, not against the desired rows, which the pending rebuild writes whole
+    rebuild_pending: bool = False
     repaired: RunReport | None = None
+    # the vector key on each damaged row (not reported: what a repair forgets)
+    row_keys: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def damaged_rows(self) -> set[str]:
@@ -69,6 +79,7 @@ class VerifyReport:
             self.missing,
             self.orphaned,
             self.bad_stored_vectors,
+            self.lost_vectors,
             self.sources_changed,
             self.sources_missing,
             self.files_failed,
@@ -77,6 +88,7 @@ class VerifyReport:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        del out["row_keys"]
         out["ok"] = self.ok
         return out
 
@@ -105,8 +117,9 @@ def verify(
             dims = _last_dimensions(store) or store.dimensions
             store.dimensions = dims
             root = root or _last_root(store)
-            _check_table(settings, store, dims, report)
+            _check_table(settings, store, report)
             _check_store(store, dims, report)
+            _check_vectors_found(settings, store, report)
             if root is not None:
                 _check_sources(store, root, report)
             _check_journal(paths, report)
@@ -139,7 +152,7 @@ def _last_root(store: RunStore) -> Path | None:
     return Path(value) if value else None
 
 
-def _check_table(settings: Settings, store: RunStore, dims: int, report: VerifyReport) -> None:
+def _check_table(settings: Settings, store: RunStore, report: VerifyReport) -> None:
     try:
         table = open_table(settings)
     except IndexNotFound:
@@ -151,35 +164,64 @@ def _check_table(settings: Settings, store: RunStore, dims: int, report: VerifyR
     report.expected_rows = len(expected)
     seen: Counter[str] = Counter()
     if table is not None:
+        report.rebuild_pending = not _of_last_scan(store, table)
+        if report.rebuild_pending:
+            log.warning(
+                "table %r still holds the rows of the previous identity: the switch to the "
+                "new one completes when the sources in flight finish (`corpusbatch "
+                "collect`); its rows are checked for damage only",
+                settings.table,
+            )
+        # a row is checked against the table's own dimension; a row of the wrong one
+        # cannot be stored in it (only a null vector can)
+        dims = table.schema.field("vector").type.list_size
+        columns = _COLUMNS + (["key"] if "key" in table.schema.names else [])
         query = table.search()  # a namespaced writer checks only its own rows
         if (mine := namespace_filter(_namespace_prefix(store))) is not None:
             query = query.where(mine)
-        reader = query.select(_COLUMNS).limit(None).to_batches(8192)
-        for batch in reader:
+        for batch in query.select(columns).limit(None).to_batches(8192):
             _check_batch(batch.to_pydict(), dims, seen, report)
     report.rows = sum(seen.values())
     report.duplicated = sorted(k for k, n in seen.items() if n > 1)
-    report.missing = sorted(expected - set(seen))
-    report.orphaned = sorted(set(seen) - expected)
+    if not report.rebuild_pending:
+        report.missing = sorted(expected - set(seen))
+        report.orphaned = sorted(set(seen) - expected)
+
+
+def _of_last_scan(store: RunStore, table: Any) -> bool:
+    """Whether ``table`` holds rows of the identity (and layout) of the last scan."""
+    want = store.get_meta("table_identity")
+    if want is not None:
+        return table_identity_meta(table) == want
+    # an index scanned before that was recorded: compare what makes the vector keys
+    have = json.loads(table_identity_meta(table) or "{}")
+    ident = json.loads(store.get_meta("identity") or "{}")
+    fields = ("model", "dimensions", "request_dimensions", "input_prefix")
+    return all(have.get(f) == ident.get(f) for f in fields)
 
 
 def _check_batch(
     cols: dict[str, list[Any]], dims: int, seen: Counter[str], report: VerifyReport
 ) -> None:
-    for rid, vector, text, chash in zip(
-        cols["id"], cols["vector"], cols["text"], cols["content_hash"], strict=True
+    keys = cols.get("key") or [None] * len(cols["id"])
+    for rid, vector, text, chash, key in zip(
+        cols["id"], cols["vector"], cols["text"], cols["content_hash"], keys, strict=True
     ):
         seen[rid] += 1
+        damaged = True
         if vector is None or len(vector) != dims:
             report.wrong_dimension.append(rid)
-            continue
-        arr = np.asarray(vector, dtype=np.float32)
-        if not np.isfinite(arr).all():
+        elif not np.isfinite(arr := np.asarray(vector, dtype=np.float32)).all():
             report.non_finite.append(rid)
         elif not arr.any():
             report.zero_vectors.append(rid)
-        if content_hash(text or "") != chash:
+        else:
+            damaged = False
+        if vector is not None and content_hash(text or "") != chash:
             report.text_mismatch.append(rid)
+            damaged = True
+        if damaged and key:
+            report.row_keys[rid] = key
 
 
 def _check_store(store: RunStore, dims: int, report: VerifyReport) -> None:
@@ -236,10 +278,15 @@ def _invalidate(settings: Settings, store: RunStore, report: VerifyReport) -> No
     """
     damaged = report.damaged_rows
     keys = set(report.bad_stored_vectors)
-    # A duplicated row's vector is fine; the other kinds may hold a bad vector.
+    # A duplicated row's vector is fine; the other kinds may hold a bad vector. The key
+    # is the one on the row (the table may hold another identity than the last scan's);
+    # a table of an older layout has none, and the desired row's key stands for it.
     for rid in damaged - set(report.duplicated):
+        if rid in report.row_keys:
+            keys.add(report.row_keys[rid])
+            continue
         keys.update(k for (k,) in store.db.execute("SELECT key FROM desired WHERE id = ?", (rid,)))
-    keys |= _lost_vectors(settings, store, report.missing, damaged)
+    keys.update(report.lost_vectors)
     republish = bool(damaged or keys or report.missing or report.orphaned)
     # Dirty first: if the table delete below fails or the process dies after it, the
     # next run still republishes what was dropped.
@@ -263,44 +310,41 @@ def _invalidate(settings: Settings, store: RunStore, report: VerifyReport) -> No
     )
 
 
-def _lost_vectors(
-    settings: Settings, store: RunStore, missing: list[str], damaged: set[str]
-) -> set[str]:
-    """Keys of missing rows whose vector is nowhere any more: not staged, and in the
-    table only on rows that are about to be dropped as damaged (the table is where a
-    published vector lives, so a deleted row took its vector with it)."""
-    keys = {
+def _check_vectors_found(settings: Settings, store: RunStore, report: VerifyReport) -> None:
+    """Every vector ``store.db`` records must be staged or on a row of the table: a plan
+    trusts the record and never pays for it again, so one found nowhere would be left
+    out of the table (or paid for twice). The keys found are gathered in a temp table,
+    not in memory."""
+    db = store.db
+    db.execute("CREATE TEMP TABLE IF NOT EXISTS verify_found (key TEXT PRIMARY KEY)")
+    db.execute("DELETE FROM verify_found")
+    for keys in _found_keys(settings, store):
+        with store.transaction():
+            db.executemany(
+                "INSERT OR IGNORE INTO verify_found (key) VALUES (?)", ((k,) for k in keys)
+            )
+    report.lost_vectors = [
         k
-        for rid in missing
-        for (k,) in store.db.execute("SELECT key FROM desired WHERE id = ?", (rid,))
-    }
-    if not keys:
-        return set()
-    found = set(store.staging.fetch(sorted(keys)))
+        for (k,) in db.execute(
+            "SELECT key FROM vectors WHERE key NOT IN (SELECT key FROM verify_found) ORDER BY key"
+        )
+    ]
+    db.execute("DELETE FROM verify_found")
+
+
+def _found_keys(settings: Settings, store: RunStore) -> Iterator[list[str]]:
+    """Keys of the staged vectors, then of every row of the table (every writer's: a
+    vector is found wherever it is). A table of an older layout has no ``key`` column:
+    its vectors were moved to staging."""
+    yield from store.staging.key_batches()
     try:
         table = open_table(settings)
     except IndexNotFound:
-        return keys - found
-    rest = sorted(keys - found)
-    return keys - found - _keys_on_rows(table, rest, exclude=damaged)
-
-
-def _keys_on_rows(table: Any, keys: list[str], exclude: set[str]) -> set[str]:
-    out: set[str] = set()
-    for i in range(0, len(keys), 500):
-        got = (
-            table.search()
-            .where(sql_in("key", keys[i : i + 500]))
-            .select(["id", "key"])
-            .limit(None)
-            .to_arrow()
-        )
-        out.update(
-            k
-            for rid, k in zip(got["id"].to_pylist(), got["key"].to_pylist(), strict=True)
-            if rid not in exclude
-        )
-    return out
+        return
+    if "key" not in table.schema.names:
+        return
+    for batch in table.search().select(["key"]).limit(None).to_batches(65536):
+        yield [k for k in batch.column("key").to_pylist() if k]
 
 
 def _keep_one_copy(settings: Settings, ids: set[str]) -> None:

@@ -135,6 +135,36 @@ def stored_keys(settings: Settings) -> set[str]:
         db.close()
 
 
+def dangling_problems(settings: Settings) -> list[str]:
+    """Vectors ``store.db`` records as stored that are neither staged nor on a row of
+    the published table: a plan trusts the record and never pays for them again, so a
+    later publish would find them nowhere (or a run would pay for them twice)."""
+    import lancedb
+
+    recorded = stored_keys(settings)
+    if not recorded:
+        return []
+    found: set[str] = set()
+    for where, name in (
+        (Path(settings.index_dir) / "staging", "vectors"),
+        (Path(settings.index_dir) / "lancedb", settings.table),
+    ):
+        if not where.exists():
+            continue
+        try:
+            table = lancedb.connect(str(where)).open_table(name)
+        except (FileNotFoundError, ValueError):
+            continue
+        found.update(table.to_arrow().column("key").to_pylist())
+    gone = sorted(recorded - found)
+    if not gone:
+        return []
+    return [
+        f"{len(gone)} vectors recorded in store.db are neither staged nor in the table: "
+        + _clip([k[:12] for k in gone])
+    ]
+
+
 def read_files(root: Path) -> dict[str, bytes]:
     """The corpus as {relative POSIX path: bytes} (what a clean build is a function of)."""
     return {

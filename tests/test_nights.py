@@ -55,6 +55,7 @@ from invariants import (
     CleanBuilder,
     Row,
     billing_problems,
+    dangling_problems,
     half_published_problems,
     lost_problems,
     read_files,
@@ -797,6 +798,9 @@ class Walk:
                 if half:
                     self.find("a reader could see a half-published state:\n" + "\n".join(half))
             self.previous = table_rows(self.settings())
+            dangling = dangling_problems(self.settings())
+            if dangling:
+                self.find("\n".join(dangling))
             if rng.random() < 0.8:
                 self.api.advance_all()  # overnight the provider finishes (and bills)
             self.note_collectable()

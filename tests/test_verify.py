@@ -113,3 +113,40 @@ def test_cli_verify_repair_then_verify_is_ok(
     again = runner.invoke(main, ["verify", *where])
     assert again.exit_code == 0 and again.output.strip().endswith(": ok"), again.output
     assert id_counts(settings) == Counter(ids)
+
+
+def test_repair_while_an_identity_switch_waits_keeps_the_old_rows(tmp_path: Path) -> None:
+    """A switch of ``--dimensions`` waits for its batches; the table still holds the old
+    identity's rows. A repair then fixes their damage only: it must not take those rows
+    for rows of the new identity (all "missing", "orphaned" or "of the wrong dimension")
+    and drop them, which left vectors recorded as stored that were stored nowhere: a
+    switch back paid for them again."""
+    from fakeapi import FakeBatchAPI
+    from invariants import assert_no_double_billing, dangling_problems
+
+    docs = tmp_path / "docs"
+    write_corpus(docs)
+    with FakeBatchAPI(default_dims=64) as api:
+        base = {"index_dir": tmp_path / "idx", "provider": "openai", "poll_interval": 0.01}
+        at32 = Settings(**base, base_url=api.base_url, dimensions=32)  # type: ignore[arg-type]
+        at48 = Settings(**base, base_url=api.base_url, dimensions=48)  # type: ignore[arg-type]
+        assert index(docs, at32, api_key="k").published
+        ids = sorted(open_table(at32).to_arrow()["id"].to_pylist())
+
+        api.auto_advance = False
+        waiting = index(docs, at48, api_key="k", wait=False)
+        assert waiting.pending_files and not waiting.published
+        duplicate(at48, ids[0])
+        found = verify(at48, docs)
+        assert found.rebuild_pending and found.duplicated == [ids[0]]
+        assert not (found.missing or found.orphaned or found.wrong_dimension)
+
+        api.auto_advance = True  # (the repair's index run waits for the batches)
+        repaired = verify(at48, docs, repair=True, api_key="k").repaired
+        assert repaired is not None and repaired.published  # (loads the waiting batches)
+        assert open_table(at48).schema.field("vector").type.list_size == 48
+        assert len(id_counts(at48)) == len(ids) and dangling_problems(at48) == []
+        back = index(docs, at32, api_key="k")  # the 32-dimension vectors were kept
+        assert back.published and back.embedded_vectors == 0
+        assert id_counts(at32) == Counter(ids)
+        assert_no_double_billing(api)
