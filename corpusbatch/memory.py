@@ -9,15 +9,18 @@ no measurable cost in time (``docs/benchmarks/scale.md``).
 Lance also reads ahead of a scan into an I/O buffer of up to 2 GiB by default. When the
 reader is slower than the disk, as when the first publish streams the staging table into
 the new table, that buffer fills: reading a million staged vectors peaked 570 MB above
-the process's start, 330 MB with a 64 MiB buffer (:func:`bound_read_buffers`). Index
-builds read the whole table the same way: on 1M rows the vector index peaked 387 MB
-above its start with the default buffer and 192 MB with 64 MiB, the full-text index
-634 MB and 483 MB, in the same time.
+the process's start, 330 MB with a 64 MiB buffer, and a compacted staging table of a
+million 1 KiB vectors read alone +216 MB with 64 MiB and +145 MB with 16 MiB
+(:func:`bound_read_buffers`). Index builds read the whole table the same way: on 1M rows
+the vector index peaked 387 MB above its start with the default buffer and 192 MB with
+64 MiB, the full-text index 634 MB and 483 MB, in the same time. With 16 MiB the first
+publish of 1M chunks peaked at 704 MB instead of 944 MB, its stages in the same time
+(``docs/benchmarks/scale.md``).
 
 The CLI calls :func:`limit_arenas` and :func:`bound_read_buffers` when it starts; the
 library itself only calls :func:`release` between stages, which hands free memory back
 and changes nothing else. An application embedding the library gets the same with
-``MALLOC_ARENA_MAX=2`` and ``LANCE_DEFAULT_IO_BUFFER_SIZE=67108864`` in its
+``MALLOC_ARENA_MAX=2`` and ``LANCE_DEFAULT_IO_BUFFER_SIZE=16777216`` in its
 environment. (A cap was once suspected of changing ANN results: 60 queries against
 index builds of the same table, with and without it, found recall@5 of 0.977 to 0.990
 either way; one query's exact top 5 depends on the build, not on the cap.) On other
@@ -37,7 +40,7 @@ log = logging.getLogger(__name__)
 
 M_ARENA_MAX = -8  # mallopt parameter number, from glibc's malloc.h
 ARENAS = 2
-READ_BUFFER_BYTES = 64 << 20
+READ_BUFFER_BYTES = 16 << 20
 
 
 @functools.cache

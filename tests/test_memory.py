@@ -10,6 +10,8 @@ import textwrap
 
 import pytest
 
+from corpusbatch import memory
+
 pytestmark = pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only"
 )
@@ -47,7 +49,7 @@ def test_the_cli_limits_arenas_and_read_ahead_before_any_command_runs() -> None:
             pass
         print(len(calls), os.environ.get("LANCE_DEFAULT_IO_BUFFER_SIZE"))
     """
-    assert run(code).splitlines()[-1] == f"1 {64 << 20}"
+    assert run(code).splitlines()[-1] == f"1 {memory.READ_BUFFER_BYTES}"
 
 
 def test_the_read_ahead_cap_leaves_the_users_choice() -> None:
@@ -58,7 +60,7 @@ def test_the_read_ahead_cap_leaves_the_users_choice() -> None:
         print(os.environ["LANCE_DEFAULT_IO_BUFFER_SIZE"])
     """
     assert run(code, LANCE_DEFAULT_IO_BUFFER_SIZE="1048576") == "1048576"
-    assert run(code) == str(64 << 20)
+    assert run(code) == str(memory.READ_BUFFER_BYTES)
 
 
 def test_rss_is_read_from_proc() -> None:
