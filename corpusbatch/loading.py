@@ -51,7 +51,6 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import functools
 import itertools
 import json
 import logging
@@ -67,7 +66,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from .errors import ConfigError, LoadError, redact
 from .staging import LOOKUP_CHUNK, KeySet, Staging, lookup, quoted_in
@@ -1644,10 +1642,6 @@ def _update(
 #: document as it was or as it is now, never a mix, never twice.
 ATOMIC_UPSERT_BYTES = 32 << 20
 ATOMIC_DELETES = 50_000
-#: A group of rows past this (only when one source has more than ``ATOMIC_UPSERT_BYTES``
-#: of rows: ~14k chunks) is upserted streamed and the stale rows of its sources deleted
-#: in the next commit, so that memory stays bounded.
-STREAM_SOURCE_BYTES = 64 << 20
 
 
 def _stale_by_source(current: pa.Table | None, delete: Collection[str]) -> dict[str, list[str]]:
@@ -1745,23 +1739,10 @@ def _commit_group(
     table: Any, rows: pa.Table, stale: dict[str, list[str]], extra: list[str]
 ) -> None:
     """``rows`` (whole sources) in one commit with their sources' stale rows and the
-    ``extra`` ids. Past ``STREAM_SOURCE_BYTES`` the group ends in one huge source (it
-    was under ``ATOMIC_UPSERT_BYTES`` before it): the others go in one commit, and that
-    source is streamed, its stale rows deleted right after."""
-    if rows.nbytes <= STREAM_SOURCE_BYTES:
-        _merge_whole(table, rows, _pop_stale(rows, stale) + extra)
-        return
-    huge = pc.equal(rows.column("source"), rows.column("source")[-1])
-    rest, rows = rows.filter(pc.invert(huge)), rows.filter(huge)
-    if rest.num_rows or extra:
-        _merge_whole(table, rest, _pop_stale(rest, stale) + extra)
-    table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(
-        pa.RecordBatchReader.from_batches(rows.schema, rows.to_batches())
-    )
-    delete = _pop_stale(rows, stale)
-    for i in range(0, len(delete), ATOMIC_DELETES):
-        part = delete[i : i + ATOMIC_DELETES]
-        retry_conflicts(functools.partial(table.delete, sql_in("id", part)), "delete")
+    ``extra`` ids. A single source past ``ATOMIC_UPSERT_BYTES`` is a group of its own,
+    still one commit: its rows are held in memory either way, and the commit costs what
+    it writes (:func:`_merge_whole`)."""
+    _merge_whole(table, rows, _pop_stale(rows, stale) + extra)
 
 
 def _merge_whole(table: Any, rows: pa.Table, delete: list[str]) -> None:

@@ -88,14 +88,9 @@ def table_version(settings: Settings) -> int | None:
         return None
 
 
-def half_published_problems(
-    settings: Settings, since: int | None, before: list[Row], *, overlap: bool = False
-) -> list[str]:
+def half_published_problems(settings: Settings, since: int | None, before: list[Row]) -> list[str]:
     """Every version committed after ``since`` shows each source as it was (``before``)
-    or as it is now, never a mix: each commit of a publish holds whole sources. With
-    ``overlap`` (one source past ``loading.STREAM_SOURCE_BYTES``: its stale rows go in a
-    later commit) a version may also show a source's new rows next to its stale ones,
-    but never fewer rows than either."""
+    or as it is now, never a mix: each commit of a publish holds whole sources."""
     import lancedb
 
     latest = table_version(settings)
@@ -114,7 +109,7 @@ def half_published_problems(
         for source in sorted(set(seen) | set(was) | set(now)):
             got = seen.get(source, frozenset())
             old, new = was.get(source, frozenset()), now.get(source, frozenset())
-            if got in (old, new) or (overlap and new <= got <= old | new):
+            if got in (old, new):
                 continue
             out.append(
                 f"version {version} shows {source} half-published: {len(got)} rows, "

@@ -74,10 +74,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 NIGHTS = int(os.environ.get("CORPUSBATCH_NIGHTS", "50"))
-BOUNDS = {
-    name: getattr(loading, name)
-    for name in ("ATOMIC_UPSERT_BYTES", "ATOMIC_DELETES", "STREAM_SOURCE_BYTES")
-}
+BOUNDS = {name: getattr(loading, name) for name in ("ATOMIC_UPSERT_BYTES", "ATOMIC_DELETES")}
 SEED = int(os.environ.get("CORPUSBATCH_SEED", "20251"))
 KEEP_GOING = os.environ.get("CORPUSBATCH_KEEP_GOING", "") not in ("", "0")
 # comma-separated operations/faults to leave out, to hunt past a known bug:
@@ -156,14 +153,12 @@ FAULTS = (
 )
 
 
-def _set_bounds(large: bool, huge: bool) -> None:
+def _set_bounds(large: bool) -> None:
     """loading's one-commit bounds: the defaults, or those of a change past them."""
     for name, default in BOUNDS.items():
         setattr(loading, name, default)
     if large:
         loading.ATOMIC_UPSERT_BYTES, loading.ATOMIC_DELETES = 0, 1
-    if huge:
-        loading.STREAM_SOURCE_BYTES = 0
 
 
 class Timeout(BaseException):
@@ -762,14 +757,12 @@ class Walk:
                 notes.append(f"fault {fault}")
         op, fault = self.extend(op, fault, notes, same_ident=ident == self.ident)
         # a "large" change: past loading's bounds the publish is one commit per source
-        # (and per deleted source); a third of them also as one huge source, streamed,
-        # whose stale rows go in the next commit (in this process; a killed CLI run
-        # keeps the defaults)
+        # (and per deleted source), each source still whole in its commit (in this
+        # process; a killed CLI run keeps the defaults)
         large = self.xrng.random() < 0.25 * _on("large-table")
-        huge = large and self.xrng.random() < 1 / 3
-        _set_bounds(large, huge)
+        _set_bounds(large)
         if large:
-            notes.append("large change (a commit per source" + (", streamed)" if huge else ")"))
+            notes.append("large change (a commit per source)")
         self.steps.append(f"night {self.night}: " + "; ".join(notes or ["no change"]))
         t0 = time.monotonic()
         since = table_version(self.settings())
@@ -794,7 +787,7 @@ class Walk:
         finally:
             self.disarm()
             if op != "verify":  # (verify's damage step deletes rows by hand first)
-                half = half_published_problems(self.settings(), since, self.previous, overlap=huge)
+                half = half_published_problems(self.settings(), since, self.previous)
                 if half:
                     self.find("a reader could see a half-published state:\n" + "\n".join(half))
             self.previous = table_rows(self.settings())
@@ -908,7 +901,7 @@ def run_walk(seed: int, nights: int, tmp: Path) -> Walk:
         except AssertionError:
             pass
         finally:
-            _set_bounds(False, False)
+            _set_bounds(False)
         return walk
 
 
