@@ -68,7 +68,7 @@ from invariants import (
 import corpusbatch
 from corpusbatch import Settings, collect, loading, scanning
 from corpusbatch.errors import CorpusbatchError
-from corpusbatch.pipeline import resolve_identity
+from corpusbatch.workspace import table_identity
 
 pytestmark = pytest.mark.slow
 
@@ -589,7 +589,9 @@ class Walk:
             self.steps.append(f"  {label} -> IndexNotFound (no index yet)")
             return
         if outcome == "MassDeleteRefused" and damaged is not None:
-            self.previous = damaged  # a refused repair leaves the damage as it is
+            # a refused repair leaves the damage as it is, except that every duplicated
+            # row is back to one copy (done before the republish that was refused)
+            self.previous = sorted(set(damaged))
         self.outcome(label, outcome, value, fault, settings, files, False)
 
     def delete_rows(self, settings: Settings) -> None:
@@ -597,10 +599,13 @@ class Walk:
 
         table = lancedb.connect(str(settings.index_dir / "lancedb")).open_table(settings.table)
         rows = table.to_arrow().select(["id", "text"]).to_pylist()
-        ident = resolve_identity(settings)
+        # the vectors go with the rows: those of the table's identity, which is not the
+        # run's while a switch waits or before the repair's run rebuilds the table
+        have = table_identity(table)
+        model, dims, prefix = have["model"], have["dimensions"], have["input_prefix"]
         for row in self.xrng.sample(rows, min(2, len(rows))):
             table.delete(f"id = '{row['id']}'")
-            self.collected[(ident.model, ident.dimensions, ident.embed_text(row["text"]))] += 1
+            self.collected[(model, dims, prefix + row["text"])] += 1
 
     def duplicate_rows(self, settings: Settings) -> None:
         import lancedb
