@@ -1697,19 +1697,20 @@ def _commit_by_source(
     groups: Iterator[list[pa.RecordBatch]],
     stale: dict[str, list[str]],
 ) -> None:
-    """Each group of rows in one commit with the stale rows of its sources; the stale
+    """Each group of rows in one commit with the stale rows of its sources (a single
+    source past ``ATOMIC_UPSERT_BYTES`` is a group of its own, still one commit); the stale
     rows of sources without new rows go with the last group, or in commits of their own
     (whole sources, up to ``ATOMIC_DELETES`` ids each)."""
     pending: pa.Table | None = None
     for group in groups:
         if pending is not None:
-            _commit_group(table, pending, stale, [])
+            _merge_whole(table, pending, _pop_stale(pending, stale))
         pending = pa.Table.from_batches(group, schema)
     packs = _delete_packs({s: ids for s, ids in stale.items() if s not in _sources(pending)})
     if pending is not None:
         own = sum(len(stale.get(s, ())) for s in _sources(pending))
         extra = packs.pop(0) if packs and own + len(packs[0]) <= ATOMIC_DELETES else []
-        _commit_group(table, pending, stale, extra)
+        _merge_whole(table, pending, _pop_stale(pending, stale) + extra)
     for ids in packs:
         _merge_whole(table, schema.empty_table(), ids)
 
@@ -1733,16 +1734,6 @@ def _delete_packs(stale: dict[str, list[str]]) -> list[list[str]]:
             packs.append([])
         packs[-1] += ids
     return packs
-
-
-def _commit_group(
-    table: Any, rows: pa.Table, stale: dict[str, list[str]], extra: list[str]
-) -> None:
-    """``rows`` (whole sources) in one commit with their sources' stale rows and the
-    ``extra`` ids. A single source past ``ATOMIC_UPSERT_BYTES`` is a group of its own,
-    still one commit: its rows are held in memory either way, and the commit costs what
-    it writes (:func:`_merge_whole`)."""
-    _merge_whole(table, rows, _pop_stale(rows, stale) + extra)
 
 
 def _merge_whole(table: Any, rows: pa.Table, delete: list[str]) -> None:

@@ -14,7 +14,7 @@ million 1 KiB vectors read alone +216 MB with 64 MiB and +145 MB with 16 MiB
 (:func:`bound_read_buffers`). Index builds read the whole table the same way: on 1M rows
 the vector index peaked 387 MB above its start with the default buffer and 192 MB with
 64 MiB, the full-text index 634 MB and 483 MB, in the same time. With 16 MiB the first
-publish of 1M chunks peaked at 704 MB instead of 944 MB, its stages in the same time
+publish of 1M chunks peaked at 704-732 MB instead of 944 MB, no slower
 (``docs/benchmarks/scale.md``).
 
 The CLI calls :func:`limit_arenas` and :func:`bound_read_buffers` when it starts; the
